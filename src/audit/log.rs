@@ -1,0 +1,145 @@
+//! The audit log in PostgreSQL (`retentiond.audit_log`), with an optional
+//! JSONL mirror.
+//!
+//! Appends are serialised by a transaction-scoped advisory lock, so several
+//! writers (replicas, a CLI run beside the daemon) still produce one gapless
+//! chain: each takes the lock, reads the head, inserts `head.seq + 1` with
+//! `prev = head.hash`, and commits.
+
+use super::key::Signer;
+use super::record::{seal, Event, RecordError, Sealed, GENESIS};
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgPool;
+use sqlx::{Connection, Executor, Row};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// The migrations in `migrations/`, embedded.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+// Any fixed number: all writers of one database agree on it.
+const APPEND_LOCK: i64 = 0x7265_7465_6e74_696f; // "retentio"
+
+/// Appends signed records.
+#[derive(Debug)]
+pub struct AuditLog {
+    pool: PgPool,
+    signer: Signer,
+    jsonl: Option<PathBuf>,
+}
+
+/// The audit log failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The database refused or failed.
+    #[error("audit store: {0}")]
+    Db(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("audit schema migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The schema is missing and this role may not create it.
+    #[error("the audit schema `retentiond` is missing or out of date, and this role cannot migrate it ({0}); run `retentiond migrate -c FILE` as an admin role")]
+    NotMigrated(String),
+    /// A record could not be built.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The JSONL mirror could not be written.
+    #[error("audit JSONL mirror {}: {source}", path.display())]
+    Mirror {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Applies the embedded migrations. The bookkeeping table lives in schema
+/// `retentiond` too, so it never mixes with the application's migrations.
+pub async fn migrate(pool: &PgPool) -> Result<(), AuditError> {
+    let mut conn = pool.acquire().await?;
+    conn.execute("CREATE SCHEMA IF NOT EXISTS retentiond").await?;
+    conn.execute("SET search_path TO retentiond").await?;
+    let result = MIGRATOR.run_direct(&mut *conn).await;
+    // The connection returns to the pool: restore its search path.
+    conn.execute("RESET search_path").await?;
+    result?;
+    Ok(())
+}
+
+/// True when every embedded migration has been applied.
+pub async fn is_migrated(pool: &PgPool) -> Result<bool, AuditError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('retentiond._sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(false);
+    }
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM retentiond._sqlx_migrations WHERE success")
+        .fetch_all(pool)
+        .await?;
+    Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
+}
+
+impl AuditLog {
+    /// Opens the log, migrating when needed and allowed.
+    pub async fn open(pool: PgPool, signer: Signer, jsonl: Option<PathBuf>) -> Result<AuditLog, AuditError> {
+        if !is_migrated(&pool).await? {
+            if let Err(e) = migrate(&pool).await {
+                return Err(AuditError::NotMigrated(e.to_string()));
+            }
+        }
+        Ok(AuditLog { pool, signer, jsonl })
+    }
+
+    /// The signing key's id.
+    pub fn key_id(&self) -> &str {
+        self.signer.key_id()
+    }
+
+    /// Seals `event` as the next record and stores it (and mirrors it).
+    pub async fn append(&self, event: &Event) -> Result<Sealed, AuditError> {
+        let mut conn = self.pool.acquire().await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK).execute(&mut *tx).await?;
+        // Read after the lock: in READ COMMITTED this statement's snapshot
+        // includes every record committed before we got the lock.
+        let row = sqlx::query(
+            "SELECT clock_timestamp() AS ts, \
+                    (SELECT seq FROM retentiond.audit_log ORDER BY seq DESC LIMIT 1) AS seq, \
+                    (SELECT hash FROM retentiond.audit_log ORDER BY seq DESC LIMIT 1) AS hash",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let ts: DateTime<Utc> = row.try_get("ts")?;
+        let seq = row.try_get::<Option<i64>, _>("seq")?.unwrap_or(0) + 1;
+        let prev = row.try_get::<Option<String>, _>("hash")?.unwrap_or_else(|| GENESIS.to_string());
+        let sealed = seal(event, seq, ts, &prev, &self.signer)?;
+        let text = |key: &str| event.fields.get(key).and_then(|v| v.as_str()).map(str::to_string);
+        sqlx::query(
+            "INSERT INTO retentiond.audit_log (seq, ts, kind, rule, run_id, prev, key_id, hash, record) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(seq)
+        .bind(ts)
+        .bind(event.kind)
+        .bind(text("rule"))
+        .bind(text("run_id"))
+        .bind(&prev)
+        .bind(self.signer.key_id())
+        .bind(&sealed.hash)
+        .bind(&sealed.line)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.mirror(&sealed)?;
+        Ok(sealed)
+    }
+
+    fn mirror(&self, sealed: &Sealed) -> Result<(), AuditError> {
+        let Some(path) = &self.jsonl else { return Ok(()) };
+        let err = |source| AuditError::Mirror { path: path.clone(), source };
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(err)?;
+        file.write_all(format!("{}\n", sealed.line).as_bytes()).map_err(err)?;
+        file.sync_data().map_err(err)
+    }
+}

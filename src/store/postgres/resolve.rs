@@ -1,0 +1,256 @@
+//! Turns a table rule into the SQL that selects its rows, against what the
+//! catalog says now: the age column's type, guards and holds on the table,
+//! and guarded or held rows that an `ON DELETE CASCADE` would take along.
+//!
+//! Anything doubtful (missing table or column, wrong type, no privilege, a
+//! guard whose column does not exist) is a [`TargetError`]: the run is
+//! refused rather than guessed.
+
+use super::schema::{self, AgeType, SchemaError, TableInfo, TargetError};
+use super::sql::{self, ColumnKind};
+use crate::config::{Config, Guard, MaskSpec, MaskStrategy, TableAction, TableName, TableRule};
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+/// How deep cascades are followed; deeper chains are refused as doubtful.
+const MAX_CASCADE_DEPTH: usize = 8;
+
+/// A table rule bound to one cutoff and one database.
+#[derive(Debug, Clone)]
+pub struct ResolvedRule {
+    /// The table.
+    pub table: TableInfo,
+    /// Relations whose heaps are walked (leaf partitions, or the table).
+    pub leaves: Vec<String>,
+    /// The age column (quoted, on alias `t`).
+    pub age_column: String,
+    /// Expired and inside `where` (alias `t`).
+    pub due: String,
+    /// Kept back by a guard, a hold, or a cascade into either (alias `t`).
+    pub protected: String,
+    /// For mask rules: the masking SQL.
+    pub mask: Option<ResolvedMask>,
+    /// Human-readable notes on what protects rows (for `check --online`).
+    pub notes: Vec<String>,
+}
+
+/// The masking half of a mask rule.
+#[derive(Debug, Clone)]
+pub struct ResolvedMask {
+    /// Every masked column already holds its masked value (alias `t`).
+    pub masked: String,
+    /// Some text IP column does not parse (alias `t`).
+    pub unparsable: String,
+    /// The UPDATE's SET list.
+    pub set_list: String,
+    /// HMAC pads, bound as `$2, $3, ...` after the ctid array.
+    pub params: Vec<Vec<u8>>,
+}
+
+impl ResolvedRule {
+    /// Rows the rule would change now: due, not yet masked, not protected.
+    pub fn eligible(&self) -> String {
+        match &self.mask {
+            Some(m) => format!("({} AND NOT {} AND NOT {})", self.due, m.masked, self.protected),
+            None => format!("({} AND NOT {})", self.due, self.protected),
+        }
+    }
+}
+
+/// Resolves `rule` (on store `store`) with cutoff `cutoff`, guards and holds
+/// evaluated at `at`.
+pub async fn resolve(
+    conn: &mut PgConnection,
+    config: &Config,
+    store: &str,
+    rule: &TableRule,
+    cutoff: DateTime<Utc>,
+    at: DateTime<Utc>,
+) -> Result<ResolvedRule, SchemaError> {
+    let table = schema::table(conn, &rule.table).await?;
+    let age_type = age_type(&table, &rule.table, &rule.age)?;
+    let privilege = match rule.action {
+        TableAction::Delete => "DELETE",
+        TableAction::Mask(_) => "UPDATE",
+    };
+    if !schema::has_privilege(conn, &table, privilege).await? || !schema::has_privilege(conn, &table, "SELECT").await? {
+        return Err(TargetError(format!("the database role lacks SELECT or {privilege} on {}", rule.table)).into());
+    }
+    let leaves = schema::leaves(conn, &table).await?;
+    let due = sql::due("t", &rule.age, &sql::cutoff_literal(cutoff, age_type), rule.filter.as_deref());
+    let mut notes = Vec::new();
+    let protected = match &rule.action {
+        TableAction::Delete => {
+            let guards = Protections::load(conn, config, store, at).await?;
+            guards.of(conn, &table, &rule.table, "t", 0, &mut notes, &mut vec![table.oid]).await?
+        }
+        // Guards are deletion floors; masking keeps the row. Holds preserve
+        // evidence as it is, so they apply to masking too.
+        TableAction::Mask(_) => sql::any_of(&hold_predicates(config, store, &rule.table)),
+    };
+    let mask = match &rule.action {
+        TableAction::Mask(spec) => Some(mask_sql(&table, &rule.table, spec)?),
+        TableAction::Delete => None,
+    };
+    Ok(ResolvedRule { age_column: sql::quote_ident(&rule.age), table, leaves, due, protected, mask, notes })
+}
+
+fn age_type(table: &TableInfo, name: &TableName, age: &str) -> Result<AgeType, TargetError> {
+    let col = table
+        .columns
+        .get(age)
+        .ok_or_else(|| TargetError(format!("column {name}.{age} does not exist")))?;
+    col.age_type().ok_or_else(|| {
+        TargetError(format!(
+            "column {name}.{age} is {}, not a timestamp: an age column must be timestamptz, timestamp or date",
+            col.sql_type
+        ))
+    })
+}
+
+fn hold_predicates(config: &Config, store: &str, table: &TableName) -> Vec<String> {
+    config.row_holds_on(store, table).map(|(_, filter)| sql::hold_covers(filter)).collect()
+}
+
+/// Guards and holds of one store, with their tables resolved to oids and
+/// cutoffs computed, so cascades can be matched by oid.
+struct Protections<'a> {
+    guards: Vec<(&'a Guard, u32, DateTime<Utc>)>,
+    holds: Vec<(&'a TableName, u32, &'a str)>,
+}
+
+impl<'a> Protections<'a> {
+    async fn load(conn: &mut PgConnection, config: &'a Config, store: &'a str, at: DateTime<Utc>) -> Result<Protections<'a>, SchemaError> {
+        let mut guards = Vec::new();
+        for g in config.guards_in(store) {
+            let oid = schema::resolve_name(conn, &g.table)
+                .await?
+                .ok_or_else(|| TargetError(format!("guarded table {} does not exist", g.table)))?;
+            let cutoff = g
+                .min_keep
+                .cutoff(at)
+                .ok_or_else(|| TargetError(format!("guard on {}: min_keep {} reaches before year 0", g.table, g.min_keep)))?;
+            guards.push((g, oid, cutoff));
+        }
+        let mut holds = Vec::new();
+        for h in &config.holds {
+            if let crate::config::HoldTarget::Rows { table, filter } = &h.target {
+                if h.store == store {
+                    let oid = schema::resolve_name(conn, table)
+                        .await?
+                        .ok_or_else(|| TargetError(format!("table {table} of hold `{}` does not exist", h.name)))?;
+                    holds.push((table, oid, filter.as_str()));
+                }
+            }
+        }
+        Ok(Protections { guards, holds })
+    }
+
+    /// The predicate (on `alias` of `table`) for rows that must not be
+    /// deleted: guarded or held themselves, or cascading into such rows.
+    async fn of(
+        &self,
+        conn: &mut PgConnection,
+        table: &TableInfo,
+        name: &TableName,
+        alias: &str,
+        depth: usize,
+        notes: &mut Vec<String>,
+        path: &mut Vec<u32>,
+    ) -> Result<String, SchemaError> {
+        let mut parts = Vec::new();
+        for (g, oid, cutoff) in &self.guards {
+            if *oid == table.oid {
+                let ty = age_type(table, &g.table, &g.age)?;
+                parts.push(sql::guard_protects(alias, &g.age, &sql::cutoff_literal(*cutoff, ty)));
+                if depth > 0 {
+                    notes.push(format!("cascade into {} is checked against its guard (min_keep {}: {})", g.table, g.min_keep, g.reason));
+                }
+            }
+        }
+        for (t, oid, filter) in &self.holds {
+            if *oid == table.oid {
+                parts.push(sql::hold_covers(filter));
+                if depth > 0 {
+                    notes.push(format!("cascade into {t} is checked against a legal hold"));
+                }
+            }
+        }
+        if self.guards.is_empty() && self.holds.is_empty() {
+            return Ok(sql::any_of(&parts));
+        }
+        for edge in schema::cascades_from(conn, table).await? {
+            if path.contains(&edge.child.oid) {
+                // A cycle of cascades: the rows on it are covered where the
+                // cycle started.
+                continue;
+            }
+            if depth + 1 > MAX_CASCADE_DEPTH {
+                return Err(TargetError(format!(
+                    "cascade chain from {name} is deeper than {MAX_CASCADE_DEPTH} foreign keys; refusing to guess what a delete would take along"
+                ))
+                .into());
+            }
+            path.push(edge.child.oid);
+            let child_alias = format!("c{}", depth + 1);
+            let inner = Box::pin(self.of(conn, &edge.child, &edge.child_name, &child_alias, depth + 1, notes, path)).await?;
+            path.pop();
+            if inner != "false" {
+                notes.push(format!("{name} → {} via ON DELETE CASCADE ({})", edge.child_name, edge.constraint));
+                parts.push(sql::cascade_exists(&edge.child.quoted, &child_alias, alias, &edge.columns, &inner));
+            }
+        }
+        Ok(sql::any_of(&parts))
+    }
+}
+
+fn mask_sql(table: &TableInfo, name: &TableName, spec: &MaskSpec) -> Result<ResolvedMask, TargetError> {
+    let (mut masked, mut unparsable, mut sets, mut params) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (column, strategy) in &spec.columns {
+        let col = table
+            .columns
+            .get(column)
+            .ok_or_else(|| TargetError(format!("column {name}.{column} does not exist")))?;
+        let kind = match col.type_name.as_str() {
+            "inet" => ColumnKind::Inet,
+            "cidr" => ColumnKind::Cidr,
+            _ if col.is_text() => ColumnKind::Text,
+            _ => ColumnKind::Other,
+        };
+        let bad_type = |what: &str| {
+            TargetError(format!("column {name}.{column} is {}; `{}` masks {what}", col.sql_type, strategy.name()))
+        };
+        match strategy {
+            MaskStrategy::IpPrefix | MaskStrategy::Hmac { .. } if kind == ColumnKind::Other => {
+                return Err(bad_type("inet, cidr or text columns"))
+            }
+            MaskStrategy::Redact if kind != ColumnKind::Text => return Err(bad_type("text or varchar columns")),
+            MaskStrategy::Null if col.not_null => {
+                return Err(TargetError(format!("column {name}.{column} is NOT NULL; `null` cannot mask it (use `redact`)")))
+            }
+            _ => {}
+        }
+        let placeholders = if let MaskStrategy::Hmac { key } = strategy {
+            let (ipad, opad) = sql::hmac_pads(key);
+            // $1 is the ctid array; the pads follow in push order.
+            let first = params.len() + 2;
+            params.push(ipad);
+            params.push(opad);
+            Some((format!("${first}::bytea"), format!("${}::bytea", first + 1)))
+        } else {
+            None
+        };
+        let m = sql::column_mask(
+            column,
+            kind,
+            col.not_null,
+            strategy,
+            spec.on_unparsable,
+            placeholders.as_ref().map(|(i, o)| (i.as_str(), o.as_str())),
+        );
+        masked.push(m.masked);
+        unparsable.push(m.unparsable);
+        sets.push(m.assignment);
+    }
+    Ok(ResolvedMask { masked: sql::all_of(&masked), unparsable: sql::any_of(&unparsable), set_list: sets.join(", "), params })
+}

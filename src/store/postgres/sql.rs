@@ -1,0 +1,268 @@
+//! SQL text for rule statements: quoting, cutoff literals and masking
+//! expressions. Pure functions, unit-tested here and executed in the
+//! integration tests.
+//!
+//! Identifiers from the config are always quoted. Cutoffs are computed by us,
+//! never user text, and are inlined as typed literals so the planner can prune
+//! partitions and estimate with them. Secret material (HMAC keys) is only ever
+//! a bound parameter: SQL text shows up in `pg_stat_activity` and server logs.
+
+use super::schema::AgeType;
+use crate::config::{MaskStrategy, OnUnparsable, TableName};
+use chrono::{DateTime, Utc};
+
+/// `"name"` with embedded quotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// `"schema"."table"` (or `"table"`).
+pub fn quote_table(table: &TableName) -> String {
+    match &table.schema {
+        Some(s) => format!("{}.{}", quote_ident(s), quote_ident(&table.name)),
+        None => quote_ident(&table.name),
+    }
+}
+
+/// A cutoff as a literal of the age column's type. A `timestamp without time
+/// zone` column is compared with the UTC wall time, as the contract says.
+pub fn cutoff_literal(cutoff: DateTime<Utc>, ty: AgeType) -> String {
+    let text = cutoff.format("%Y-%m-%d %H:%M:%S%.6f");
+    match ty {
+        AgeType::Timestamptz => format!("'{text}+00'::timestamptz"),
+        // date <= timestamp compares the date's midnight with the cutoff.
+        AgeType::Timestamp | AgeType::Date => format!("'{text}'::timestamp"),
+    }
+}
+
+/// Rows at or before the cutoff (NULL never is) and inside `where`.
+pub fn due(alias: &str, age: &str, cutoff: &str, filter: Option<&str>) -> String {
+    let base = format!("{alias}.{} <= {cutoff}", quote_ident(age));
+    match filter {
+        Some(f) => format!("({base} AND ({f}) IS TRUE)"),
+        None => format!("({base})"),
+    }
+}
+
+/// A guard protects rows younger than its cutoff, and rows whose age is
+/// unknown: a floor that cannot be evaluated is not crossed.
+pub fn guard_protects(alias: &str, age: &str, cutoff: &str) -> String {
+    let col = format!("{alias}.{}", quote_ident(age));
+    format!("({col} IS NULL OR {col} > {cutoff})")
+}
+
+/// A hold covers rows for which its predicate is true or NULL (in doubt).
+pub fn hold_covers(filter: &str) -> String {
+    format!("(({filter}) IS NOT FALSE)")
+}
+
+/// `EXISTS` over the rows a cascade would delete with a parent row, that are
+/// themselves protected (`child_protected`, written against `child_alias`).
+pub fn cascade_exists(
+    child_table: &str,
+    child_alias: &str,
+    parent_alias: &str,
+    columns: &[(String, String)],
+    child_protected: &str,
+) -> String {
+    let join: Vec<String> = columns
+        .iter()
+        .map(|(c, p)| format!("{child_alias}.{} = {parent_alias}.{}", quote_ident(c), quote_ident(p)))
+        .collect();
+    format!(
+        "EXISTS (SELECT 1 FROM {child_table} AS {child_alias} WHERE {} AND {child_protected})",
+        join.join(" AND ")
+    )
+}
+
+/// OR of predicates, `false` when there are none.
+pub fn any_of(parts: &[String]) -> String {
+    if parts.is_empty() {
+        "false".to_string()
+    } else {
+        format!("({})", parts.join(" OR "))
+    }
+}
+
+/// AND of predicates, `true` when there are none.
+pub fn all_of(parts: &[String]) -> String {
+    if parts.is_empty() {
+        "true".to_string()
+    } else {
+        format!("({})", parts.join(" AND "))
+    }
+}
+
+/// The pseudonym network for `hmac` masking: ULA space, so a pseudonym is a
+/// valid IPv6 address any downstream parser accepts, and a value inside it is
+/// recognisably masked (idempotence).
+pub const HMAC_NETWORK: &str = "fd72:6574::/32";
+
+/// Name of the session-local function that parses text as `inet`, NULL when
+/// it does not parse. Created per connection; see [`PARSE_INET_FUNCTION`].
+pub const PARSE_INET: &str = "pg_temp.retentiond_inet";
+
+/// PostgreSQL 15 has no `pg_input_is_valid`; a cast in an exception block is
+/// the only way to test a text value without failing the statement. `pg_temp`
+/// needs no DDL rights on any schema.
+pub const PARSE_INET_FUNCTION: &str = "CREATE OR REPLACE FUNCTION pg_temp.retentiond_inet(v text) \
+     RETURNS inet LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS \
+     $$BEGIN RETURN v::inet; EXCEPTION WHEN others THEN RETURN NULL; END$$";
+
+/// How a masked column is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// `inet`.
+    Inet,
+    /// `cidr`.
+    Cidr,
+    /// `text` or `varchar`.
+    Text,
+    /// Anything else (only `null` masking applies).
+    Other,
+}
+
+/// The SQL for masking one column.
+#[derive(Debug, Clone)]
+pub struct ColumnMask {
+    /// True when the column already holds its masked value (or NULL).
+    pub masked: String,
+    /// True when the value is text that is not an IP address.
+    pub unparsable: String,
+    /// `"col" = <new value>` for the UPDATE's SET list.
+    pub assignment: String,
+}
+
+/// HMAC-SHA-256 pads of `key` (RFC 2104), bound as `bytea` parameters so the
+/// key never appears in SQL text.
+pub fn hmac_pads(key: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    use sha2::{Digest, Sha256};
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let ipad = block.iter().map(|b| b ^ 0x36).collect();
+    let opad = block.iter().map(|b| b ^ 0x5c).collect();
+    (ipad, opad)
+}
+
+fn prefix_len(v: &str) -> String {
+    format!("(CASE family({v}) WHEN 4 THEN 24 ELSE 48 END)")
+}
+
+/// `inet` with host bits past /24 (IPv4) or /48 (IPv6) zeroed; a value that
+/// is already a wider network is left as it is. Idempotent.
+fn prefix_inet(v: &str) -> String {
+    format!("set_masklen(network(set_masklen({v}, LEAST(masklen({v}), {})))::inet, masklen({v}))", prefix_len(v))
+}
+
+fn prefix_cidr(v: &str) -> String {
+    format!("set_masklen(set_masklen({v}, LEAST(masklen({v}), {})), masklen({v}))", prefix_len(v))
+}
+
+/// An `inet` as text: a bare address for host values, CIDR notation otherwise.
+fn inet_text(v: &str) -> String {
+    format!("(CASE WHEN masklen({v}) = (CASE family({v}) WHEN 4 THEN 32 ELSE 128 END) THEN host({v}) ELSE text({v}) END)")
+}
+
+/// The HMAC pseudonym of an `inet` as an address in [`HMAC_NETWORK`]:
+/// 96 bits of HMAC-SHA-256 over the canonical address text.
+fn hmac_inet(v: &str, ipad: &str, opad: &str) -> String {
+    format!(
+        "('fd72:6574:' || regexp_replace(encode(substring(sha256({opad} || sha256({ipad} || convert_to(host({v}), 'UTF8'))) FROM 1 FOR 12), 'hex'), '(.{{4}})(?!$)', '\\1:', 'g'))::inet"
+    )
+}
+
+/// Builds the SQL for one masked column of alias `t`. `params` are the
+/// placeholders (`$n`) of the HMAC pads when the strategy is `hmac`.
+pub fn column_mask(
+    column: &str,
+    kind: ColumnKind,
+    not_null: bool,
+    strategy: &MaskStrategy,
+    on_unparsable: OnUnparsable,
+    params: Option<(&str, &str)>,
+) -> ColumnMask {
+    let c = format!("t.{}", quote_ident(column));
+    let assign = |expr: String, masked: &str| format!("{} = CASE WHEN {masked} THEN {c} ELSE {expr} END", quote_ident(column));
+    let (ipad, opad) = params.unwrap_or(("NULL::bytea", "NULL::bytea"));
+    let simple = |masked: String, expr: String| ColumnMask {
+        assignment: assign(expr, &masked),
+        masked,
+        unparsable: "false".to_string(),
+    };
+    match (strategy, kind) {
+        (MaskStrategy::Null, _) => simple(format!("{c} IS NULL"), "NULL".to_string()),
+        (MaskStrategy::Redact, _) => simple(format!("({c} IS NULL OR {c} = 'redacted')"), "'redacted'".to_string()),
+        (MaskStrategy::IpPrefix, ColumnKind::Inet) => simple(format!("({c} IS NULL OR {c} = {})", prefix_inet(&c)), prefix_inet(&c)),
+        (MaskStrategy::IpPrefix, ColumnKind::Cidr) => simple(format!("({c} IS NULL OR {c} = {})", prefix_cidr(&c)), prefix_cidr(&c)),
+        (MaskStrategy::Hmac { .. }, ColumnKind::Inet) => simple(format!("({c} IS NULL OR {c} <<= '{HMAC_NETWORK}'::inet)"), hmac_inet(&c, ipad, opad)),
+        (MaskStrategy::Hmac { .. }, ColumnKind::Cidr) => simple(
+            format!("({c} IS NULL OR {c} <<= '{HMAC_NETWORK}'::cidr)"),
+            format!("({})::cidr", hmac_inet(&format!("{c}::inet"), ipad, opad)),
+        ),
+        (strategy, _) => {
+            // Text holding IP addresses; anything else was refused earlier.
+            let p = format!("{PARSE_INET}({c})");
+            let (done, value) = match strategy {
+                MaskStrategy::Hmac { .. } => (format!("{p} <<= '{HMAC_NETWORK}'::inet"), format!("host({})", hmac_inet(&p, ipad, opad))),
+                _ => (format!("{c} = {}", inet_text(&prefix_inet(&p))), inet_text(&prefix_inet(&p))),
+            };
+            let replacement = if not_null { "'redacted'" } else { "NULL" };
+            let (masked_unparsable, unparsable) = match (on_unparsable, not_null) {
+                (OnUnparsable::Keep, _) => (format!(" OR {p} IS NULL"), format!("({c} IS NOT NULL AND {p} IS NULL)")),
+                (OnUnparsable::Replace, true) => (format!(" OR {c} = 'redacted'"), format!("({c} IS NOT NULL AND {c} <> 'redacted' AND {p} IS NULL)")),
+                (OnUnparsable::Replace, false) => (String::new(), format!("({c} IS NOT NULL AND {p} IS NULL)")),
+            };
+            let masked = format!("({c} IS NULL OR ({p} IS NOT NULL AND {done}){masked_unparsable})");
+            let expr = format!("(CASE WHEN {p} IS NULL THEN {replacement} ELSE {value} END)");
+            ColumnMask { assignment: assign(expr, &masked), masked, unparsable }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn quote_ident_doubles_quotes() {
+        assert_eq!(quote_ident("a\"; DROP TABLE x; --"), "\"a\"\"; DROP TABLE x; --\"");
+        let t = TableName { schema: Some("My Schema".into()), name: "t\"x".into() };
+        assert_eq!(quote_table(&t), "\"My Schema\".\"t\"\"x\"");
+    }
+
+    #[test]
+    fn cutoff_literal_matches_column_type() {
+        let at = Utc.with_ymd_and_hms(2026, 2, 28, 12, 0, 0).unwrap();
+        assert_eq!(cutoff_literal(at, AgeType::Timestamptz), "'2026-02-28 12:00:00.000000+00'::timestamptz");
+        assert_eq!(cutoff_literal(at, AgeType::Timestamp), "'2026-02-28 12:00:00.000000'::timestamp");
+    }
+
+    #[test]
+    fn due_wraps_filter_as_is_true() {
+        assert_eq!(due("t", "created_at", "X", None), "(t.\"created_at\" <= X)");
+        assert_eq!(due("t", "a", "X", Some("tier = 'free'")), "(t.\"a\" <= X AND (tier = 'free') IS TRUE)");
+    }
+
+    #[test]
+    fn hmac_pads_follow_rfc2104() {
+        let (ipad, opad) = hmac_pads(b"Jefe");
+        assert_eq!(ipad.len(), 64);
+        assert_eq!(ipad[0], b'J' ^ 0x36);
+        assert_eq!(opad[4], 0x5c);
+        let long = vec![7u8; 100];
+        let (ipad, _) = hmac_pads(&long);
+        assert_eq!(ipad[40], 0x36);
+    }
+
+    #[test]
+    fn column_mask_never_inlines_key() {
+        let m = column_mask("ip", ColumnKind::Inet, false, &MaskStrategy::Hmac { key: b"s3cret".to_vec() }, OnUnparsable::Replace, Some(("$2", "$3")));
+        assert!(!m.assignment.contains("s3cret"));
+        assert!(m.assignment.contains("$2") && m.assignment.contains("$3"));
+    }
+}
