@@ -16,5 +16,8 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod cli;
 pub mod config;
+pub mod engine;
+pub mod plan;
 pub mod store;

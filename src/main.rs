@@ -1,1 +1,31 @@
-fn main() {}
+//! The `retentiond` binary: logging setup, then [`retentiond::cli`].
+
+use clap::Parser;
+use retentiond::cli::{Cli, LogFormat};
+use std::io::IsTerminal;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_env("RETENTIOND_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(retentiond::cli::exit::FAILED);
+        }
+    };
+    let code = runtime.block_on(retentiond::cli::run(cli));
+    std::process::exit(code);
+}

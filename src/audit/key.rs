@@ -14,7 +14,9 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,7 +60,10 @@ pub fn key_id(key: &VerifyingKey) -> String {
 impl Signer {
     /// Loads a PKCS#8 PEM private key.
     pub fn load(path: &Path) -> Result<Signer, KeyError> {
-        let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.to_path_buf(), source })?;
+        let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Format {
             path: path.to_path_buf(),
             what: "PKCS#8 private key",
@@ -91,7 +96,10 @@ impl Signer {
 
 /// Loads a public key (SPKI PEM).
 pub fn load_public(path: &Path) -> Result<VerifyingKey, KeyError> {
-    let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io { path: path.to_path_buf(), source })?;
+    let pem = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     VerifyingKey::from_public_key_pem(&pem).map_err(|e| KeyError::Format {
         path: path.to_path_buf(),
         what: "public key",
@@ -117,7 +125,9 @@ pub fn generate(dir: &Path) -> Result<(PathBuf, PathBuf, String), KeyError> {
     let mut seed = [0u8; 32];
     getrandom::getrandom(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
     let key = SigningKey::from_bytes(&seed);
-    let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| KeyError::Random(e.to_string()))?;
+    let pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| KeyError::Random(e.to_string()))?;
     write_private(&private, pem.as_bytes()).map_err(io(&private))?;
     let public_pem = key
         .verifying_key()

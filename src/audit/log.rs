@@ -57,7 +57,8 @@ pub enum AuditError {
 /// `retentiond` too, so it never mixes with the application's migrations.
 pub async fn migrate(pool: &PgPool) -> Result<(), AuditError> {
     let mut conn = pool.acquire().await?;
-    conn.execute("CREATE SCHEMA IF NOT EXISTS retentiond").await?;
+    conn.execute("CREATE SCHEMA IF NOT EXISTS retentiond")
+        .await?;
     conn.execute("SET search_path TO retentiond").await?;
     let result = MIGRATOR.run_direct(&mut *conn).await;
     // The connection returns to the pool: restore its search path.
@@ -68,27 +69,37 @@ pub async fn migrate(pool: &PgPool) -> Result<(), AuditError> {
 
 /// True when every embedded migration has been applied.
 pub async fn is_migrated(pool: &PgPool) -> Result<bool, AuditError> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('retentiond._sqlx_migrations') IS NOT NULL")
-        .fetch_one(pool)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('retentiond._sqlx_migrations') IS NOT NULL")
+            .fetch_one(pool)
+            .await?;
     if !exists {
         return Ok(false);
     }
-    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM retentiond._sqlx_migrations WHERE success")
-        .fetch_all(pool)
-        .await?;
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM retentiond._sqlx_migrations WHERE success")
+            .fetch_all(pool)
+            .await?;
     Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
 }
 
 impl AuditLog {
     /// Opens the log, migrating when needed and allowed.
-    pub async fn open(pool: PgPool, signer: Signer, jsonl: Option<PathBuf>) -> Result<AuditLog, AuditError> {
+    pub async fn open(
+        pool: PgPool,
+        signer: Signer,
+        jsonl: Option<PathBuf>,
+    ) -> Result<AuditLog, AuditError> {
         if !is_migrated(&pool).await? {
             if let Err(e) = migrate(&pool).await {
                 return Err(AuditError::NotMigrated(e.to_string()));
             }
         }
-        Ok(AuditLog { pool, signer, jsonl })
+        Ok(AuditLog {
+            pool,
+            signer,
+            jsonl,
+        })
     }
 
     /// The signing key's id.
@@ -100,7 +111,10 @@ impl AuditLog {
     pub async fn append(&self, event: &Event) -> Result<Sealed, AuditError> {
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK).execute(&mut *tx).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(APPEND_LOCK)
+            .execute(&mut *tx)
+            .await?;
         // Read after the lock: in READ COMMITTED this statement's snapshot
         // includes every record committed before we got the lock.
         let row = sqlx::query(
@@ -112,9 +126,17 @@ impl AuditLog {
         .await?;
         let ts: DateTime<Utc> = row.try_get("ts")?;
         let seq = row.try_get::<Option<i64>, _>("seq")?.unwrap_or(0) + 1;
-        let prev = row.try_get::<Option<String>, _>("hash")?.unwrap_or_else(|| GENESIS.to_string());
+        let prev = row
+            .try_get::<Option<String>, _>("hash")?
+            .unwrap_or_else(|| GENESIS.to_string());
         let sealed = seal(event, seq, ts, &prev, &self.signer)?;
-        let text = |key: &str| event.fields.get(key).and_then(|v| v.as_str()).map(str::to_string);
+        let text = |key: &str| {
+            event
+                .fields
+                .get(key)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
         sqlx::query(
             "INSERT INTO retentiond.audit_log (seq, ts, kind, rule, run_id, prev, key_id, hash, record) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -136,10 +158,20 @@ impl AuditLog {
     }
 
     fn mirror(&self, sealed: &Sealed) -> Result<(), AuditError> {
-        let Some(path) = &self.jsonl else { return Ok(()) };
-        let err = |source| AuditError::Mirror { path: path.clone(), source };
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(err)?;
-        file.write_all(format!("{}\n", sealed.line).as_bytes()).map_err(err)?;
+        let Some(path) = &self.jsonl else {
+            return Ok(());
+        };
+        let err = |source| AuditError::Mirror {
+            path: path.clone(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(err)?;
+        file.write_all(format!("{}\n", sealed.line).as_bytes())
+            .map_err(err)?;
         file.sync_data().map_err(err)
     }
 }

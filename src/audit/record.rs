@@ -70,7 +70,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// Builds, signs and hashes the record at `seq` after `prev`.
-pub fn seal(event: &Event, seq: i64, ts: DateTime<Utc>, prev: &str, signer: &Signer) -> Result<Sealed, RecordError> {
+pub fn seal(
+    event: &Event,
+    seq: i64,
+    ts: DateTime<Utc>,
+    prev: &str,
+    signer: &Signer,
+) -> Result<Sealed, RecordError> {
     let mut object = Map::new();
     for (k, v) in &event.fields {
         if RESERVED.contains(&k.as_str()) {
@@ -93,7 +99,12 @@ pub fn seal(event: &Event, seq: i64, ts: DateTime<Utc>, prev: &str, signer: &Sig
     }
     let line = canonical(&value)?;
     let hash = sha256_hex(line.as_bytes());
-    Ok(Sealed { seq, ts, line, hash })
+    Ok(Sealed {
+        seq,
+        ts,
+        line,
+        hash,
+    })
 }
 
 /// Only integers within ±2^53 are allowed: JCS serialises numbers as IEEE
@@ -103,7 +114,9 @@ fn check_numbers(v: &Value) -> Result<(), RecordError> {
     match v {
         Value::Number(n) => match n.as_i64() {
             Some(i) if (-LIMIT..=LIMIT).contains(&i) => Ok(()),
-            _ => Err(RecordError::Canonical(format!("number {n} is not an integer within ±2^53"))),
+            _ => Err(RecordError::Canonical(format!(
+                "number {n} is not an integer within ±2^53"
+            ))),
         },
         Value::Array(a) => a.iter().try_for_each(check_numbers),
         Value::Object(o) => o.values().try_for_each(check_numbers),
@@ -127,17 +140,28 @@ mod tests {
         let mut fields = Map::new();
         fields.insert("rule".into(), json!("session-logs-30d"));
         fields.insert("counts".into(), json!({"matched": 3, "affected": 3}));
-        let event = Event { kind: "run_outcome", fields };
-        let ts = DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z").unwrap().with_timezone(&Utc);
+        let event = Event {
+            kind: "run_outcome",
+            fields,
+        };
+        let ts = DateTime::parse_from_rfc3339("2026-11-23T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let sealed = seal(&event, 1, ts, GENESIS, &s).unwrap();
         let mut parsed: Value = serde_json::from_str(&sealed.line).unwrap();
-        assert_eq!(canonical(&parsed).unwrap(), sealed.line, "stored line is canonical");
+        assert_eq!(
+            canonical(&parsed).unwrap(),
+            sealed.line,
+            "stored line is canonical"
+        );
         let sig = parsed.as_object_mut().unwrap().remove("sig").unwrap();
         let sig = Signature::from_slice(&hex::decode(sig.as_str().unwrap()).unwrap()).unwrap();
         let unsigned = canonical(&parsed).unwrap();
         s.verifying_key().verify(unsigned.as_bytes(), &sig).unwrap();
         assert_eq!(sealed.hash, sha256_hex(sealed.line.as_bytes()));
-        assert!(sealed.line.starts_with("{\"counts\":{\"affected\":3,\"matched\":3},\"key_id\":"));
+        assert!(sealed
+            .line
+            .starts_with("{\"counts\":{\"affected\":3,\"matched\":3},\"key_id\":"));
     }
 
     #[test]
@@ -145,9 +169,15 @@ mod tests {
         let s = signer();
         let mut fields = Map::new();
         fields.insert("seq".into(), json!(9));
-        assert!(matches!(seal(&Event { kind: "x", fields }, 1, Utc::now(), GENESIS, &s), Err(RecordError::Reserved(_))));
+        assert!(matches!(
+            seal(&Event { kind: "x", fields }, 1, Utc::now(), GENESIS, &s),
+            Err(RecordError::Reserved(_))
+        ));
         let mut fields = Map::new();
         fields.insert("fraction".into(), json!(0.5));
-        assert!(matches!(seal(&Event { kind: "x", fields }, 1, Utc::now(), GENESIS, &s), Err(RecordError::Canonical(_))));
+        assert!(matches!(
+            seal(&Event { kind: "x", fields }, 1, Utc::now(), GENESIS, &s),
+            Err(RecordError::Canonical(_))
+        ));
     }
 }

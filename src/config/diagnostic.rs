@@ -68,7 +68,10 @@ impl ConfigError {
         let mut out = String::new();
         for problem in &self.problems {
             let (line, col) = self.line_col(problem.span.offset());
-            out.push_str(&format!("error: {}:{line}:{col}: {}\n", self.path, problem.message));
+            out.push_str(&format!(
+                "error: {}:{line}:{col}: {}\n",
+                self.path, problem.message
+            ));
             let report = miette::Report::new(problem.clone())
                 .with_source_code(NamedSource::new(&self.path, self.text.clone()));
             let mut snippet = String::new();

@@ -52,9 +52,7 @@ impl DurationError {
     /// A sentence telling the user how to write a valid duration.
     pub fn help(&self) -> &'static str {
         match self {
-            DurationError::CalendarUnit => {
-                "use s, m, h, d or w here, e.g. \"30s\" or \"5m\""
-            }
+            DurationError::CalendarUnit => "use s, m, h, d or w here, e.g. \"30s\" or \"5m\"",
             _ => {
                 "write a number followed by a unit: s, m (minutes), h, d, w, mo (months), y; \
                  parts can be combined, e.g. \"30d\", \"1y6mo\", \"1h30m\""
@@ -82,9 +80,14 @@ impl Keep {
             if digits == 0 {
                 return Err(DurationError::MissingNumber(rest.to_string()));
             }
-            let n: u64 = rest[..digits].parse().map_err(|_| DurationError::TooLarge)?;
+            let n: u64 = rest[..digits]
+                .parse()
+                .map_err(|_| DurationError::TooLarge)?;
             rest = &rest[digits..];
-            let unit_len = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_alphabetic()).len();
+            let unit_len = rest.len()
+                - rest
+                    .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                    .len();
             if unit_len == 0 {
                 return Err(DurationError::MissingUnit(format!("{n}")));
             }
@@ -141,7 +144,10 @@ impl Keep {
 
     /// The duration as a PostgreSQL interval literal (for display and checks).
     pub fn as_interval(&self) -> String {
-        format!("{} mons {} days {} secs", self.months, self.days, self.seconds)
+        format!(
+            "{} mons {} days {} secs",
+            self.months, self.days, self.seconds
+        )
     }
 }
 
@@ -206,51 +212,104 @@ mod tests {
 
     #[test]
     fn duration_parses_every_unit() {
-        assert_eq!(Keep::parse("0s").unwrap(), Keep { months: 0, days: 0, seconds: 0 });
+        assert_eq!(
+            Keep::parse("0s").unwrap(),
+            Keep {
+                months: 0,
+                days: 0,
+                seconds: 0
+            }
+        );
         assert_eq!(Keep::parse("30d").unwrap().days, 30);
         assert_eq!(Keep::parse("2w").unwrap().days, 14);
         assert_eq!(Keep::parse("1y6mo").unwrap().months, 18);
         assert_eq!(Keep::parse("1h30m").unwrap().seconds, 5400);
         assert_eq!(Keep::parse("10m").unwrap().seconds, 600);
-        assert_eq!(Keep::parse("1y 2w 3h").unwrap(), Keep { months: 12, days: 14, seconds: 10800 });
+        assert_eq!(
+            Keep::parse("1y 2w 3h").unwrap(),
+            Keep {
+                months: 12,
+                days: 14,
+                seconds: 10800
+            }
+        );
     }
 
     #[test]
     fn duration_rejects_bad_input() {
         assert_eq!(Keep::parse(""), Err(DurationError::Empty));
-        assert_eq!(Keep::parse("30"), Err(DurationError::MissingUnit("30".into())));
-        assert_eq!(Keep::parse("d"), Err(DurationError::MissingNumber("d".into())));
-        assert_eq!(Keep::parse("3days"), Err(DurationError::UnknownUnit("days".into())));
-        assert_eq!(Keep::parse("1d2d"), Err(DurationError::RepeatedUnit("d".into())));
-        assert_eq!(Keep::parse("-1d"), Err(DurationError::MissingNumber("-1d".into())));
-        assert_eq!(Keep::parse("99999999999999999999d"), Err(DurationError::TooLarge));
+        assert_eq!(
+            Keep::parse("30"),
+            Err(DurationError::MissingUnit("30".into()))
+        );
+        assert_eq!(
+            Keep::parse("d"),
+            Err(DurationError::MissingNumber("d".into()))
+        );
+        assert_eq!(
+            Keep::parse("3days"),
+            Err(DurationError::UnknownUnit("days".into()))
+        );
+        assert_eq!(
+            Keep::parse("1d2d"),
+            Err(DurationError::RepeatedUnit("d".into()))
+        );
+        assert_eq!(
+            Keep::parse("-1d"),
+            Err(DurationError::MissingNumber("-1d".into()))
+        );
+        assert_eq!(
+            Keep::parse("99999999999999999999d"),
+            Err(DurationError::TooLarge)
+        );
         assert_eq!(parse_fixed("1mo"), Err(DurationError::CalendarUnit));
     }
 
     #[test]
     fn cutoff_clamps_month_end() {
         let keep = Keep::parse("1mo").unwrap();
-        assert_eq!(keep.cutoff(at(2026, 3, 31, 12, 0, 0)), Some(at(2026, 2, 28, 12, 0, 0)));
-        assert_eq!(keep.cutoff(at(2024, 3, 31, 0, 0, 0)), Some(at(2024, 2, 29, 0, 0, 0)));
+        assert_eq!(
+            keep.cutoff(at(2026, 3, 31, 12, 0, 0)),
+            Some(at(2026, 2, 28, 12, 0, 0))
+        );
+        assert_eq!(
+            keep.cutoff(at(2024, 3, 31, 0, 0, 0)),
+            Some(at(2024, 2, 29, 0, 0, 0))
+        );
     }
 
     #[test]
     fn cutoff_leap_day_plus_one_year() {
         // 2025-02-28 minus one year lands on 2024-02-28; 2025-03-01 on 2024-03-01.
         let keep = Keep::parse("1y").unwrap();
-        assert_eq!(keep.cutoff(at(2025, 2, 28, 0, 0, 0)), Some(at(2024, 2, 28, 0, 0, 0)));
-        assert_eq!(keep.cutoff(at(2025, 3, 1, 0, 0, 0)), Some(at(2024, 3, 1, 0, 0, 0)));
+        assert_eq!(
+            keep.cutoff(at(2025, 2, 28, 0, 0, 0)),
+            Some(at(2024, 2, 28, 0, 0, 0))
+        );
+        assert_eq!(
+            keep.cutoff(at(2025, 3, 1, 0, 0, 0)),
+            Some(at(2024, 3, 1, 0, 0, 0))
+        );
         // From a leap day: 2028-02-29 - 1y = 2027-02-28 (clamped).
-        assert_eq!(keep.cutoff(at(2028, 2, 29, 6, 0, 0)), Some(at(2027, 2, 28, 6, 0, 0)));
+        assert_eq!(
+            keep.cutoff(at(2028, 2, 29, 6, 0, 0)),
+            Some(at(2027, 2, 28, 6, 0, 0))
+        );
     }
 
     #[test]
     fn cutoff_applies_months_then_days_then_time() {
         // 2026-03-31 - (1mo 1d) = (2026-02-28) - 1d = 2026-02-27, not 2026-02-28.
         let keep = Keep::parse("1mo1d").unwrap();
-        assert_eq!(keep.cutoff(at(2026, 3, 31, 0, 0, 0)), Some(at(2026, 2, 27, 0, 0, 0)));
+        assert_eq!(
+            keep.cutoff(at(2026, 3, 31, 0, 0, 0)),
+            Some(at(2026, 2, 27, 0, 0, 0))
+        );
         let keep = Keep::parse("1d1h").unwrap();
-        assert_eq!(keep.cutoff(at(2026, 3, 1, 0, 30, 0)), Some(at(2026, 2, 27, 23, 30, 0)));
+        assert_eq!(
+            keep.cutoff(at(2026, 3, 1, 0, 30, 0)),
+            Some(at(2026, 2, 27, 23, 30, 0))
+        );
     }
 
     #[test]
@@ -260,7 +319,9 @@ mod tests {
         assert!(!Keep::parse("366d").unwrap().is_shorter_than(&year));
         assert!(!Keep::parse("12mo").unwrap().is_shorter_than(&year));
         assert!(!year.is_shorter_than(&Keep::parse("12mo").unwrap()));
-        assert!(Keep::parse("2y").unwrap().is_shorter_than(&Keep::parse("10y").unwrap()));
+        assert!(Keep::parse("2y")
+            .unwrap()
+            .is_shorter_than(&Keep::parse("10y").unwrap()));
     }
 
     #[test]

@@ -59,15 +59,27 @@ mod tests {
 
     #[test]
     fn interpolate_replaces_and_escapes() {
-        assert_eq!(interpolate("postgres://${HOST}/app", env).unwrap(), "postgres://db.internal/app");
-        assert_eq!(interpolate("$${HOST} costs $5", env).unwrap(), "${HOST} costs $5");
+        assert_eq!(
+            interpolate("postgres://${HOST}/app", env).unwrap(),
+            "postgres://db.internal/app"
+        );
+        assert_eq!(
+            interpolate("$${HOST} costs $5", env).unwrap(),
+            "${HOST} costs $5"
+        );
         assert_eq!(interpolate("plain", env).unwrap(), "plain");
     }
 
     #[test]
     fn interpolate_reports_missing_and_malformed() {
-        assert_eq!(interpolate("${NOPE}", env), Err(InterpolateError::Missing("NOPE".into())));
-        assert_eq!(interpolate("${HOST", env), Err(InterpolateError::Unterminated));
+        assert_eq!(
+            interpolate("${NOPE}", env),
+            Err(InterpolateError::Missing("NOPE".into()))
+        );
+        assert_eq!(
+            interpolate("${HOST", env),
+            Err(InterpolateError::Unterminated)
+        );
         assert_eq!(interpolate("${}", env), Err(InterpolateError::EmptyName));
     }
 }

@@ -386,6 +386,8 @@ pub struct Guard {
     pub min_keep: Keep,
     /// Why (shown in plans and reports).
     pub reason: String,
+    /// The `[[guards]]` table in the file.
+    pub span: Range<usize>,
 }
 
 /// A legal hold.
@@ -399,6 +401,8 @@ pub struct Hold {
     pub target: HoldTarget,
     /// Why.
     pub reason: String,
+    /// The `[[holds]]` table in the file.
+    pub span: Range<usize>,
 }
 
 /// What a hold covers.
@@ -451,8 +455,14 @@ impl Config {
     }
 
     /// Guards on `store`.`table`.
-    pub fn guards_on<'a>(&'a self, store: &'a str, table: &'a TableName) -> impl Iterator<Item = &'a Guard> {
-        self.guards.iter().filter(move |g| g.store == store && &g.table == table)
+    pub fn guards_on<'a>(
+        &'a self,
+        store: &'a str,
+        table: &'a TableName,
+    ) -> impl Iterator<Item = &'a Guard> {
+        self.guards
+            .iter()
+            .filter(move |g| g.store == store && &g.table == table)
     }
 
     /// Guards on any table of `store` (cascades may reach them).
@@ -461,9 +471,15 @@ impl Config {
     }
 
     /// Row holds on `store`.`table`.
-    pub fn row_holds_on<'a>(&'a self, store: &'a str, table: &'a TableName) -> impl Iterator<Item = (&'a Hold, &'a str)> {
+    pub fn row_holds_on<'a>(
+        &'a self,
+        store: &'a str,
+        table: &'a TableName,
+    ) -> impl Iterator<Item = (&'a Hold, &'a str)> {
         self.holds.iter().filter_map(move |h| match &h.target {
-            HoldTarget::Rows { table: t, filter } if h.store == store && t == table => Some((h, filter.as_str())),
+            HoldTarget::Rows { table: t, filter } if h.store == store && t == table => {
+                Some((h, filter.as_str()))
+            }
             _ => None,
         })
     }

@@ -32,7 +32,8 @@ impl Ctx<'_> {
                     super::interpolate::InterpolateError::Missing(name) => {
                         format!("export {name}=... before running, or write the value directly")
                     }
-                    _ => "write ${NAME} to use an environment variable, or $${ for a literal ${".to_string(),
+                    _ => "write ${NAME} to use an environment variable, or $${ for a literal ${"
+                        .to_string(),
                 };
                 self.err(value.span(), e.to_string(), help);
                 None
@@ -45,18 +46,32 @@ impl Ctx<'_> {
     }
 
     /// A required string key of a table spanning `table_span`.
-    fn required(&mut self, value: &Option<SStr>, key: &str, table_span: Range<usize>, what: &str) -> Option<String> {
+    fn required(
+        &mut self,
+        value: &Option<SStr>,
+        key: &str,
+        table_span: Range<usize>,
+        what: &str,
+    ) -> Option<String> {
         match value {
             Some(v) => {
                 let s = self.string(v)?;
                 if s.trim().is_empty() {
-                    self.err(v.span(), format!("`{key}` is empty"), format!("give the {what} a `{key}`"));
+                    self.err(
+                        v.span(),
+                        format!("`{key}` is empty"),
+                        format!("give the {what} a `{key}`"),
+                    );
                     return None;
                 }
                 Some(s)
             }
             None => {
-                self.err(table_span, format!("missing `{key}`"), format!("add `{key} = ...` to this {what}"));
+                self.err(
+                    table_span,
+                    format!("missing `{key}`"),
+                    format!("add `{key} = ...` to this {what}"),
+                );
                 None
             }
         }
@@ -67,7 +82,11 @@ impl Ctx<'_> {
         match Keep::parse(&text) {
             Ok(k) => Some(k),
             Err(e) => {
-                self.err(value.span(), format!("invalid duration `{text}`: {e}"), e.help());
+                self.err(
+                    value.span(),
+                    format!("invalid duration `{text}`: {e}"),
+                    e.help(),
+                );
                 None
             }
         }
@@ -78,7 +97,11 @@ impl Ctx<'_> {
         match parse_fixed(&text) {
             Ok(d) => Some(d),
             Err(e) => {
-                self.err(value.span(), format!("invalid duration `{text}`: {e}"), e.help());
+                self.err(
+                    value.span(),
+                    format!("invalid duration `{text}`: {e}"),
+                    e.help(),
+                );
                 None
             }
         }
@@ -119,14 +142,27 @@ pub(super) fn validate(
         }
     };
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut cx = Ctx { env, text: &text, problems: Vec::new(), base_dir };
+    let mut cx = Ctx {
+        env,
+        text: &text,
+        problems: Vec::new(),
+        base_dir,
+    };
 
     if let Some(v) = &raw.version {
         if *v.get_ref() != 1 {
-            cx.err(v.span(), format!("unsupported version {}", v.get_ref()), "this retentiond reads `version = 1`");
+            cx.err(
+                v.span(),
+                format!("unsupported version {}", v.get_ref()),
+                "this retentiond reads `version = 1`",
+            );
         }
     }
-    let defaults = settings(&mut cx, &Settings::default(), &SettingsKeys::from_defaults(raw.defaults.as_ref()));
+    let defaults = settings(
+        &mut cx,
+        &Settings::default(),
+        &SettingsKeys::from_defaults(raw.defaults.as_ref()),
+    );
     let stores = stores(&mut cx, &raw);
     let audit = audit(&mut cx, &raw, &stores);
     let guards = guards(&mut cx, &raw, &stores);
@@ -137,7 +173,11 @@ pub(super) fn validate(
     if problems.is_empty() {
         let sha256 = sha256_hex(text.as_bytes());
         Ok(Config {
-            source: Source { path: path.to_path_buf(), text, sha256 },
+            source: Source {
+                path: path.to_path_buf(),
+                text,
+                sha256,
+            },
             defaults,
             audit,
             stores,
@@ -147,14 +187,19 @@ pub(super) fn validate(
         })
     } else {
         problems.sort_by_key(|p| p.span.offset());
-        Err(ConfigError { path: display, text, problems })
+        Err(ConfigError {
+            path: display,
+            text,
+            problems,
+        })
     }
 }
 
 fn syntax_help(message: &str) -> String {
     if message.contains("unknown field") {
         // serde lists the expected keys after "expected"; keep its wording.
-        "remove the key or fix its spelling; the keys this table accepts are listed above".to_string()
+        "remove the key or fix its spelling; the keys this table accepts are listed above"
+            .to_string()
     } else if message.contains("duplicate key") {
         "each key may appear once per table".to_string()
     } else {
@@ -213,7 +258,11 @@ fn settings(cx: &mut Ctx, base: &Settings, keys: &SettingsKeys) -> Settings {
     if let Some(v) = keys.batch_size {
         match u32::try_from(*v.get_ref()) {
             Ok(n) if (1..=1_000_000).contains(&n) => s.batch_size = n,
-            _ => cx.err(v.span(), format!("batch_size {} is out of range", v.get_ref()), "use a whole number from 1 to 1000000; 5000 suits most tables"),
+            _ => cx.err(
+                v.span(),
+                format!("batch_size {} is out of range", v.get_ref()),
+                "use a whole number from 1 to 1000000; 5000 suits most tables",
+            ),
         }
     }
     if let Some(v) = keys.max_fraction {
@@ -246,22 +295,47 @@ fn stores(cx: &mut Ctx, raw: &RawConfig) -> BTreeMap<String, StoreConfig> {
         let span = table.span();
         let st = table.get_ref();
         let Some(kind) = &st.kind else {
-            cx.err(span, format!("store `{name}` has no `type`"), format!("add `type = ` one of {STORE_TYPES}"));
+            cx.err(
+                span,
+                format!("store `{name}` has no `type`"),
+                format!("add `type = ` one of {STORE_TYPES}"),
+            );
             continue;
         };
         let allowed: &[&str] = match kind.get_ref().as_str() {
             "postgres" => &["url", "max_connections"],
-            "s3" => &["bucket", "region", "endpoint", "force_path_style", "expected_account"],
-            "azure_blob" => &["account", "container", "endpoint", "sas_token", "access_key", "expected_account"],
+            "s3" => &[
+                "bucket",
+                "region",
+                "endpoint",
+                "force_path_style",
+                "expected_account",
+            ],
+            "azure_blob" => &[
+                "account",
+                "container",
+                "endpoint",
+                "sas_token",
+                "access_key",
+                "expected_account",
+            ],
             "filesystem" => &["root"],
             other => {
-                cx.err(kind.span(), format!("unknown store type `{other}`"), format!("use one of {STORE_TYPES}"));
+                cx.err(
+                    kind.span(),
+                    format!("unknown store type `{other}`"),
+                    format!("use one of {STORE_TYPES}"),
+                );
                 continue;
             }
         };
         for (key, span) in present_store_keys(st) {
             if !allowed.contains(&key) {
-                cx.err(span, format!("`{key}` does not apply to a {} store", kind.get_ref()), format!("a {} store takes: {}", kind.get_ref(), allowed.join(", ")));
+                cx.err(
+                    span,
+                    format!("`{key}` does not apply to a {} store", kind.get_ref()),
+                    format!("a {} store takes: {}", kind.get_ref(), allowed.join(", ")),
+                );
             }
         }
         let what = "store";
@@ -278,15 +352,27 @@ fn stores(cx: &mut Ctx, raw: &RawConfig) -> BTreeMap<String, StoreConfig> {
                     },
                     None => 4,
                 };
-                url.map(|url| StoreConfig::Postgres { url, max_connections })
+                url.map(|url| StoreConfig::Postgres {
+                    url,
+                    max_connections,
+                })
             }
             "s3" => {
                 let bucket = cx.required(&st.bucket, "bucket", span.clone(), what);
                 let region = cx.opt_string(&st.region);
                 let endpoint = cx.opt_string(&st.endpoint).filter(|e| !e.is_empty());
                 let expected_account = cx.opt_string(&st.expected_account);
-                let force_path_style = st.force_path_style.as_ref().map_or(endpoint.is_some(), |v| *v.get_ref());
-                bucket.map(|bucket| StoreConfig::S3 { bucket, region, endpoint, force_path_style, expected_account })
+                let force_path_style = st
+                    .force_path_style
+                    .as_ref()
+                    .map_or(endpoint.is_some(), |v| *v.get_ref());
+                bucket.map(|bucket| StoreConfig::S3 {
+                    bucket,
+                    region,
+                    endpoint,
+                    force_path_style,
+                    expected_account,
+                })
             }
             "azure_blob" => {
                 let account = cx.required(&st.account, "account", span.clone(), what);
@@ -296,11 +382,22 @@ fn stores(cx: &mut Ctx, raw: &RawConfig) -> BTreeMap<String, StoreConfig> {
                 let access_key = cx.opt_string(&st.access_key);
                 let expected_account = cx.opt_string(&st.expected_account);
                 match (account, container) {
-                    (Some(account), Some(container)) => Some(StoreConfig::AzureBlob { account, container, endpoint, sas_token, access_key, expected_account }),
+                    (Some(account), Some(container)) => Some(StoreConfig::AzureBlob {
+                        account,
+                        container,
+                        endpoint,
+                        sas_token,
+                        access_key,
+                        expected_account,
+                    }),
                     _ => None,
                 }
             }
-            _ => cx.required(&st.root, "root", span.clone(), what).map(|root| StoreConfig::Filesystem { root: cx.path(&root) }),
+            _ => cx
+                .required(&st.root, "root", span.clone(), what)
+                .map(|root| StoreConfig::Filesystem {
+                    root: cx.path(&root),
+                }),
         };
         if let Some(store) = store {
             out.insert(name.clone(), store);
@@ -336,7 +433,12 @@ fn present_store_keys(st: &RawStore) -> Vec<(&'static str, Range<usize>)> {
 }
 
 /// Resolves a store reference; `want_sql` checks its kind.
-fn store_ref(cx: &mut Ctx, stores: &BTreeMap<String, StoreConfig>, raw: &RawConfig, value: &SStr) -> Option<String> {
+fn store_ref(
+    cx: &mut Ctx,
+    stores: &BTreeMap<String, StoreConfig>,
+    raw: &RawConfig,
+    value: &SStr,
+) -> Option<String> {
     let name = cx.string(value)?;
     if stores.contains_key(&name) {
         return Some(name);
@@ -344,12 +446,20 @@ fn store_ref(cx: &mut Ctx, stores: &BTreeMap<String, StoreConfig>, raw: &RawConf
     // A store that exists but failed validation already has its own problem.
     if !raw.stores.contains_key(&name) {
         let known: Vec<&str> = raw.stores.keys().map(String::as_str).collect();
-        cx.err(value.span(), format!("unknown store `{name}`"), format!("define [stores.{name}] or use one of: {}", known.join(", ")));
+        cx.err(
+            value.span(),
+            format!("unknown store `{name}`"),
+            format!("define [stores.{name}] or use one of: {}", known.join(", ")),
+        );
     }
     None
 }
 
-fn audit(cx: &mut Ctx, raw: &RawConfig, stores: &BTreeMap<String, StoreConfig>) -> Option<AuditConfig> {
+fn audit(
+    cx: &mut Ctx,
+    raw: &RawConfig,
+    stores: &BTreeMap<String, StoreConfig>,
+) -> Option<AuditConfig> {
     let a = raw.audit.as_ref()?;
     let span = a.span();
     let a = a.get_ref();
@@ -358,12 +468,20 @@ fn audit(cx: &mut Ctx, raw: &RawConfig, stores: &BTreeMap<String, StoreConfig>) 
             if matches!(stores.get(&name), Some(StoreConfig::Postgres { .. })) {
                 Some(name)
             } else {
-                cx.err(v.span(), format!("audit store `{name}` is not a postgres store"), "audit records live in schema `retentiond` of a PostgreSQL store");
+                cx.err(
+                    v.span(),
+                    format!("audit store `{name}` is not a postgres store"),
+                    "audit records live in schema `retentiond` of a PostgreSQL store",
+                );
                 None
             }
         }),
         None => {
-            cx.err(span.clone(), "missing `store`", "name the postgres store that holds the audit log");
+            cx.err(
+                span.clone(),
+                "missing `store`",
+                "name the postgres store that holds the audit log",
+            );
             None
         }
     };
@@ -376,29 +494,58 @@ fn audit(cx: &mut Ctx, raw: &RawConfig, stores: &BTreeMap<String, StoreConfig>) 
     }
     let jsonl = cx.opt_string(&a.jsonl).map(|p| cx.path(&p));
     let checkpoints = cx.opt_string(&a.checkpoints).map(|p| cx.path(&p));
-    Some(AuditConfig { store: store?, signing_key: signing_key?, jsonl, checkpoints })
+    Some(AuditConfig {
+        store: store?,
+        signing_key: signing_key?,
+        jsonl,
+        checkpoints,
+    })
 }
 
-fn sql_store(cx: &mut Ctx, stores: &BTreeMap<String, StoreConfig>, raw: &RawConfig, value: &Option<SStr>, span: Range<usize>, what: &str) -> Option<String> {
+fn sql_store(
+    cx: &mut Ctx,
+    stores: &BTreeMap<String, StoreConfig>,
+    raw: &RawConfig,
+    value: &Option<SStr>,
+    span: Range<usize>,
+    what: &str,
+) -> Option<String> {
     let Some(v) = value else {
-        cx.err(span, "missing `store`", format!("name the store this {what} applies to"));
+        cx.err(
+            span,
+            "missing `store`",
+            format!("name the store this {what} applies to"),
+        );
         return None;
     };
     store_ref(cx, stores, raw, v)
 }
 
-fn table_name(cx: &mut Ctx, value: &Option<SStr>, span: Range<usize>, what: &str) -> Option<TableName> {
+fn table_name(
+    cx: &mut Ctx,
+    value: &Option<SStr>,
+    span: Range<usize>,
+    what: &str,
+) -> Option<TableName> {
     let text = cx.required(value, "table", span, what)?;
     let parsed = TableName::parse(&text);
     if parsed.is_none() {
         if let Some(v) = value {
-            cx.err(v.span(), format!("invalid table name `{text}`"), "write `table` or `schema.table`");
+            cx.err(
+                v.span(),
+                format!("invalid table name `{text}`"),
+                "write `table` or `schema.table`",
+            );
         }
     }
     parsed
 }
 
-fn guards(cx: &mut Ctx, raw: &RawConfig, stores: &BTreeMap<String, StoreConfig>) -> Vec<(Guard, Range<usize>)> {
+fn guards(
+    cx: &mut Ctx,
+    raw: &RawConfig,
+    stores: &BTreeMap<String, StoreConfig>,
+) -> Vec<(Guard, Range<usize>)> {
     let mut out = Vec::new();
     for g in &raw.guards {
         let span = g.span();
@@ -407,7 +554,11 @@ fn guards(cx: &mut Ctx, raw: &RawConfig, stores: &BTreeMap<String, StoreConfig>)
         let store = sql_store(cx, stores, raw, &g.store, span.clone(), what);
         if let (Some(name), Some(v)) = (&store, &g.store) {
             if stores.get(name).is_some_and(StoreConfig::is_blob) {
-                cx.err(v.span(), format!("guards apply to SQL tables; `{name}` is a blob store"), "protect objects with a [[holds]] entry and `prefix` instead");
+                cx.err(
+                    v.span(),
+                    format!("guards apply to SQL tables; `{name}` is a blob store"),
+                    "protect objects with a [[holds]] entry and `prefix` instead",
+                );
             }
         }
         let table = table_name(cx, &g.table, span.clone(), what);
@@ -415,13 +566,29 @@ fn guards(cx: &mut Ctx, raw: &RawConfig, stores: &BTreeMap<String, StoreConfig>)
         let min_keep = match &g.min_keep {
             Some(v) => cx.keep(v),
             None => {
-                cx.err(span.clone(), "missing `min_keep`", "add `min_keep = \"10y\"` (the must-keep minimum)");
+                cx.err(
+                    span.clone(),
+                    "missing `min_keep`",
+                    "add `min_keep = \"10y\"` (the must-keep minimum)",
+                );
                 None
             }
         };
         let reason = cx.required(&g.reason, "reason", span.clone(), what);
-        if let (Some(store), Some(table), Some(age), Some(min_keep), Some(reason)) = (store, table, age, min_keep, reason) {
-            out.push((Guard { store, table, age, min_keep, reason }, span));
+        if let (Some(store), Some(table), Some(age), Some(min_keep), Some(reason)) =
+            (store, table, age, min_keep, reason)
+        {
+            out.push((
+                Guard {
+                    store,
+                    table,
+                    age,
+                    min_keep,
+                    reason,
+                    span: span.clone(),
+                },
+                span,
+            ));
         }
     }
     out
@@ -431,29 +598,51 @@ fn holds(cx: &mut Ctx, raw: &RawConfig, stores: &BTreeMap<String, StoreConfig>) 
     let mut out = Vec::new();
     for h in &raw.holds {
         let span = h.span();
+        let span_for_hold = span.clone();
         let h = h.get_ref();
         let what = "hold";
         let name = cx.required(&h.name, "name", span.clone(), what);
         let store = sql_store(cx, stores, raw, &h.store, span.clone(), what);
         let reason = cx.required(&h.reason, "reason", span.clone(), what);
-        let is_blob = store.as_ref().and_then(|s| stores.get(s)).is_some_and(StoreConfig::is_blob);
+        let is_blob = store
+            .as_ref()
+            .and_then(|s| stores.get(s))
+            .is_some_and(StoreConfig::is_blob);
         let target = if is_blob {
             for (key, v) in [("table", &h.table), ("where", &h.filter)] {
                 if let Some(v) = v {
-                    cx.err(v.span(), format!("`{key}` does not apply to a hold on a blob store"), "hold objects with `prefix`");
+                    cx.err(
+                        v.span(),
+                        format!("`{key}` does not apply to a hold on a blob store"),
+                        "hold objects with `prefix`",
+                    );
                 }
             }
-            cx.required(&h.prefix, "prefix", span.clone(), what).map(HoldTarget::Prefix)
+            cx.required(&h.prefix, "prefix", span.clone(), what)
+                .map(HoldTarget::Prefix)
         } else {
             if let Some(v) = &h.prefix {
-                cx.err(v.span(), "`prefix` does not apply to a hold on a SQL store", "hold rows with `table` and `where`");
+                cx.err(
+                    v.span(),
+                    "`prefix` does not apply to a hold on a SQL store",
+                    "hold rows with `table` and `where`",
+                );
             }
             let table = table_name(cx, &h.table, span.clone(), what);
             let filter = cx.required(&h.filter, "where", span.clone(), what);
-            table.zip(filter).map(|(table, filter)| HoldTarget::Rows { table, filter })
+            table
+                .zip(filter)
+                .map(|(table, filter)| HoldTarget::Rows { table, filter })
         };
-        if let (Some(name), Some(store), Some(target), Some(reason)) = (name, store, target, reason) {
-            out.push(Hold { name, store, target, reason });
+        if let (Some(name), Some(store), Some(target), Some(reason)) = (name, store, target, reason)
+        {
+            out.push(Hold {
+                name,
+                store,
+                target,
+                reason,
+                span: span_for_hold,
+            });
         }
     }
     out
@@ -477,7 +666,10 @@ fn rules(
             if let Some(first) = names.get(n) {
                 let line = cx.line(first.start);
                 cx.err(v.span(), format!("duplicate rule name `{n}`"), format!("rule names must be unique (they key the audit log and metrics); `{n}` is first used at line {line}: rename one of them"));
-            } else if !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            } else if !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
                 cx.err(v.span(), format!("rule name `{n}` has characters other than letters, digits, `-`, `_` and `.`"), "use a short slug such as \"session-logs-30d\"");
             } else {
                 names.insert(n.clone(), v.span());
@@ -487,7 +679,11 @@ fn rules(
         let keep = match &r.keep {
             Some(v) => cx.keep(v),
             None => {
-                cx.err(span.clone(), "missing `keep`", "add `keep = \"30d\"`: how long data is kept before it expires");
+                cx.err(
+                    span.clone(),
+                    "missing `keep`",
+                    "add `keep = \"30d\"`: how long data is kept before it expires",
+                );
                 None
             }
         };
@@ -496,30 +692,63 @@ fn rules(
         let policy_ref = cx.opt_string(&r.policy_ref);
         let action = cx.required(&r.action, "action", span.clone(), what);
         let store_cfg = store.as_ref().and_then(|s| stores.get(s));
-        let mut spans = RuleSpans { rule: span.clone(), ..RuleSpans::default() };
+        let mut spans = RuleSpans {
+            rule: span.clone(),
+            ..RuleSpans::default()
+        };
         let target = match store_cfg {
-            Some(cfg) if cfg.is_blob() => prefix_target(cx, r, cfg, action.as_deref(), span.clone()),
-            Some(_) => table_target(cx, raw, stores, r, action.as_deref(), span.clone(), &mut spans),
+            Some(cfg) if cfg.is_blob() => {
+                prefix_target(cx, r, cfg, action.as_deref(), span.clone())
+            }
+            Some(_) => table_target(
+                cx,
+                raw,
+                stores,
+                r,
+                action.as_deref(),
+                span.clone(),
+                &mut spans,
+            ),
             None => None,
         };
         // A delete rule shorter than a guard on its table is a contradiction
         // in the policy itself: report it at check, not at run.
-        if let (Some(Target::Table(t)), Some(keep), Some(store), Some(v)) = (&target, &keep, &store, &r.keep) {
+        if let (Some(Target::Table(t)), Some(keep), Some(store), Some(v)) =
+            (&target, &keep, &store, &r.keep)
+        {
             if matches!(t.action, TableAction::Delete) {
-                for (g, gspan) in guards.iter().filter(|(g, _)| &g.store == store && g.table == t.table) {
+                for (g, gspan) in guards
+                    .iter()
+                    .filter(|(g, _)| &g.store == store && g.table == t.table)
+                {
                     if keep.is_shorter_than(&g.min_keep) {
                         let line = cx.line(gspan.start);
                         cx.err(
                             v.span(),
-                            format!("rule keeps {} for {keep}, less than the guard's min_keep {} ({})", t.table, g.min_keep, g.reason),
-                            format!("raise `keep` to at least \"{}\" (the guard at line {line})", g.min_keep),
+                            format!(
+                                "rule keeps {} for {keep}, less than the guard's min_keep {} ({})",
+                                t.table, g.min_keep, g.reason
+                            ),
+                            format!(
+                                "raise `keep` to at least \"{}\" (the guard at line {line})",
+                                g.min_keep
+                            ),
                         );
                     }
                 }
             }
         }
         if let (Some(name), Some(store), Some(keep), Some(target)) = (name, store, keep, target) {
-            out.push(Rule { name, description, policy_ref, store, keep, settings, target, spans });
+            out.push(Rule {
+                name,
+                description,
+                policy_ref,
+                store,
+                keep,
+                settings,
+                target,
+                spans,
+            });
         }
     }
     out
@@ -535,16 +764,28 @@ fn table_target(
     spans: &mut RuleSpans,
 ) -> Option<Target> {
     let what = "rule";
-    for (key, v) in [("prefix", &r.prefix), ("versions", &r.versions), ("age_metadata", &r.age_metadata)] {
+    for (key, v) in [
+        ("prefix", &r.prefix),
+        ("versions", &r.versions),
+        ("age_metadata", &r.age_metadata),
+    ] {
         if let Some(v) = v {
             cx.err(v.span(), format!("`{key}` does not apply to a rule on a SQL table"), "blob keys (`prefix`, `versions`) belong to rules on s3, azure_blob or filesystem stores");
         }
     }
     if let Some(v) = &r.group_by_prefix_depth {
-        cx.err(v.span(), "`group_by_prefix_depth` does not apply to a rule on a SQL table", "it belongs to rules on blob stores");
+        cx.err(
+            v.span(),
+            "`group_by_prefix_depth` does not apply to a rule on a SQL table",
+            "it belongs to rules on blob stores",
+        );
     }
     if let Some(v) = &r.match_metadata {
-        cx.err(v.span(), "`match_metadata` does not apply to a rule on a SQL table", "use `where` to filter rows");
+        cx.err(
+            v.span(),
+            "`match_metadata` does not apply to a rule on a SQL table",
+            "use `where` to filter rows",
+        );
     }
     let table = table_name(cx, &r.table, span.clone(), what);
     if let Some(v) = &r.table {
@@ -559,9 +800,17 @@ fn table_target(
             spans.filter = Some(v.span());
             let f = cx.string(v)?;
             if f.trim().is_empty() {
-                cx.err(v.span(), "`where` is empty", "remove it, or write an SQL boolean expression such as \"tier = 'free'\"");
+                cx.err(
+                    v.span(),
+                    "`where` is empty",
+                    "remove it, or write an SQL boolean expression such as \"tier = 'free'\"",
+                );
             } else if has_statement_separator(&f) {
-                cx.err(v.span(), "`where` contains `;`", "write a single SQL boolean expression, not statements");
+                cx.err(
+                    v.span(),
+                    "`where` contains `;`",
+                    "write a single SQL boolean expression, not statements",
+                );
             }
             Some(f)
         }
@@ -571,23 +820,43 @@ fn table_target(
     let action = match action? {
         "delete" => {
             if let Some(v) = &r.columns {
-                cx.err(v.span(), "`columns` applies to `action = \"mask\"` only", "remove `columns`, or set `action = \"mask\"`");
+                cx.err(
+                    v.span(),
+                    "`columns` applies to `action = \"mask\"` only",
+                    "remove `columns`, or set `action = \"mask\"`",
+                );
             }
             if let Some(v) = &r.on_unparsable {
-                cx.err(v.span(), "`on_unparsable` applies to `action = \"mask\"` only", "remove it");
+                cx.err(
+                    v.span(),
+                    "`on_unparsable` applies to `action = \"mask\"` only",
+                    "remove it",
+                );
             }
             TableAction::Delete
         }
         "mask" => {
             if let Some(b) = &r.blobs {
-                cx.err(b.span(), "`blobs` applies to `action = \"delete\"` only", "masking keeps the row, so its blobs stay");
+                cx.err(
+                    b.span(),
+                    "`blobs` applies to `action = \"delete\"` only",
+                    "masking keeps the row, so its blobs stay",
+                );
             }
             let Some(columns) = &r.columns else {
-                cx.err(span, "a mask rule needs `columns`", "add e.g. `columns = { client_ip = \"ip_prefix\" }`");
+                cx.err(
+                    span,
+                    "a mask rule needs `columns`",
+                    "add e.g. `columns = { client_ip = \"ip_prefix\" }`",
+                );
                 return None;
             };
             if columns.get_ref().is_empty() {
-                cx.err(columns.span(), "`columns` is empty", "name at least one column to mask");
+                cx.err(
+                    columns.span(),
+                    "`columns` is empty",
+                    "name at least one column to mask",
+                );
             }
             let mut out = Vec::new();
             for (col, strat) in columns.get_ref() {
@@ -607,16 +876,29 @@ fn table_target(
                     }
                 },
             };
-            TableAction::Mask(MaskSpec { columns: out, on_unparsable })
+            TableAction::Mask(MaskSpec {
+                columns: out,
+                on_unparsable,
+            })
         }
         other => {
             if let Some(v) = &r.action {
-                cx.err(v.span(), format!("unknown action `{other}`"), "use \"delete\" or \"mask\"");
+                cx.err(
+                    v.span(),
+                    format!("unknown action `{other}`"),
+                    "use \"delete\" or \"mask\"",
+                );
             }
             return None;
         }
     };
-    Some(Target::Table(TableRule { table: table?, age: age?, filter, action, blobs }))
+    Some(Target::Table(TableRule {
+        table: table?,
+        age: age?,
+        filter,
+        action,
+        blobs,
+    }))
 }
 
 /// True when `sql` has a `;` outside quotes: `where` is one expression.
@@ -650,7 +932,11 @@ fn mask_strategy(cx: &mut Ctx, value: &Spanned<RawMask>) -> Option<MaskStrategy>
                 (Some(var), None) => match (cx.env)(&var) {
                     Some(k) if !k.is_empty() => k.into_bytes(),
                     _ => {
-                        cx.err(span, format!("environment variable `{var}` (the hmac key) is not set"), format!("export {var}=<secret> before running"));
+                        cx.err(
+                            span,
+                            format!("environment variable `{var}` (the hmac key) is not set"),
+                            format!("export {var}=<secret> before running"),
+                        );
                         return None;
                     }
                 },
@@ -659,17 +945,29 @@ fn mask_strategy(cx: &mut Ctx, value: &Spanned<RawMask>) -> Option<MaskStrategy>
                     match std::fs::read(&path) {
                         Ok(k) if !k.is_empty() => trim_newline(k),
                         Ok(_) => {
-                            cx.err(span, format!("hmac key file {} is empty", path.display()), "write a random secret of at least 32 bytes into it");
+                            cx.err(
+                                span,
+                                format!("hmac key file {} is empty", path.display()),
+                                "write a random secret of at least 32 bytes into it",
+                            );
                             return None;
                         }
                         Err(e) => {
-                            cx.err(span, format!("cannot read hmac key file {}: {e}", path.display()), "point key_file at a readable file holding the secret");
+                            cx.err(
+                                span,
+                                format!("cannot read hmac key file {}: {e}", path.display()),
+                                "point key_file at a readable file holding the secret",
+                            );
                             return None;
                         }
                     }
                 }
                 _ => {
-                    cx.err(span, "hmac needs exactly one of `key_env` or `key_file`", help);
+                    cx.err(
+                        span,
+                        "hmac needs exactly one of `key_env` or `key_file`",
+                        help,
+                    );
                     return None;
                 }
             };
@@ -683,7 +981,11 @@ fn mask_strategy(cx: &mut Ctx, value: &Spanned<RawMask>) -> Option<MaskStrategy>
     if !matches!(strategy, MaskStrategy::Hmac { .. }) {
         if let RawMask::Full(t) = value.get_ref() {
             if t.key_env.is_some() || t.key_file.is_some() {
-                cx.err(span, format!("`{}` takes no key", strategy.name()), "only hmac is keyed");
+                cx.err(
+                    span,
+                    format!("`{}` takes no key", strategy.name()),
+                    "only hmac is keyed",
+                );
             }
         }
     }
@@ -697,13 +999,22 @@ fn trim_newline(mut key: Vec<u8>) -> Vec<u8> {
     key
 }
 
-fn blob_link(cx: &mut Ctx, raw: &RawConfig, stores: &BTreeMap<String, StoreConfig>, b: &Spanned<RawBlobLink>) -> Option<BlobLink> {
+fn blob_link(
+    cx: &mut Ctx,
+    raw: &RawConfig,
+    stores: &BTreeMap<String, StoreConfig>,
+    b: &Spanned<RawBlobLink>,
+) -> Option<BlobLink> {
     let span = b.span();
     let link = b.get_ref();
     let store = sql_store(cx, stores, raw, &link.store, span.clone(), "blobs link")?;
     if !stores.get(&store).is_some_and(StoreConfig::is_blob) {
         if let Some(v) = &link.store {
-            cx.err(v.span(), format!("`{store}` is not a blob store"), "`blobs.store` names an s3, azure_blob or filesystem store");
+            cx.err(
+                v.span(),
+                format!("`{store}` is not a blob store"),
+                "`blobs.store` names an s3, azure_blob or filesystem store",
+            );
         }
         return None;
     }
@@ -724,7 +1035,11 @@ fn blob_link(cx: &mut Ctx, raw: &RawConfig, stores: &BTreeMap<String, StoreConfi
             }
         }
         _ => {
-            cx.err(span, "`blobs` needs exactly one of `key_column` or `prefix_template`", "e.g. blobs = { store = \"uploads\", key_column = \"blob_key\" }");
+            cx.err(
+                span,
+                "`blobs` needs exactly one of `key_column` or `prefix_template`",
+                "e.g. blobs = { store = \"uploads\", key_column = \"blob_key\" }",
+            );
             return None;
         }
     };
@@ -737,7 +1052,9 @@ pub fn template_columns(template: &str) -> Result<Vec<String>, String> {
     let mut rest = template;
     while let Some(open) = rest.find('{') {
         let tail = &rest[open + 1..];
-        let close = tail.find('}').ok_or("`{` without a closing `}` in prefix_template")?;
+        let close = tail
+            .find('}')
+            .ok_or("`{` without a closing `}` in prefix_template")?;
         let col = &tail[..close];
         if col.is_empty() {
             return Err("`{}` names no column".to_string());
@@ -748,27 +1065,58 @@ pub fn template_columns(template: &str) -> Result<Vec<String>, String> {
     Ok(cols)
 }
 
-fn prefix_target(cx: &mut Ctx, r: &RawRule, store: &StoreConfig, action: Option<&str>, span: Range<usize>) -> Option<Target> {
-    for (key, v) in [("table", &r.table), ("age", &r.age), ("where", &r.filter), ("on_unparsable", &r.on_unparsable)] {
+fn prefix_target(
+    cx: &mut Ctx,
+    r: &RawRule,
+    store: &StoreConfig,
+    action: Option<&str>,
+    span: Range<usize>,
+) -> Option<Target> {
+    for (key, v) in [
+        ("table", &r.table),
+        ("age", &r.age),
+        ("where", &r.filter),
+        ("on_unparsable", &r.on_unparsable),
+    ] {
         if let Some(v) = v {
-            cx.err(v.span(), format!("`{key}` does not apply to a rule on a blob store"), "rules on blob stores select objects with `prefix` (and `match_metadata`)");
+            cx.err(
+                v.span(),
+                format!("`{key}` does not apply to a rule on a blob store"),
+                "rules on blob stores select objects with `prefix` (and `match_metadata`)",
+            );
         }
     }
     if let Some(v) = &r.columns {
-        cx.err(v.span(), "`columns` does not apply to a rule on a blob store", "objects are deleted, not masked");
+        cx.err(
+            v.span(),
+            "`columns` does not apply to a rule on a blob store",
+            "objects are deleted, not masked",
+        );
     }
     if let Some(v) = &r.blobs {
-        cx.err(v.span(), "`blobs` does not apply to a rule on a blob store", "it links SQL rows to objects");
+        cx.err(
+            v.span(),
+            "`blobs` does not apply to a rule on a blob store",
+            "it links SQL rows to objects",
+        );
     }
     if let (Some(a), Some(v)) = (action, &r.action) {
         if a != "delete" {
-            cx.err(v.span(), format!("action `{a}` is not available on a blob store"), "objects can only be deleted: use action = \"delete\"");
+            cx.err(
+                v.span(),
+                format!("action `{a}` is not available on a blob store"),
+                "objects can only be deleted: use action = \"delete\"",
+            );
         }
     }
     let prefix = cx.required(&r.prefix, "prefix", span, "rule")?;
     if let (StoreConfig::Filesystem { .. }, Some(v)) = (store, &r.prefix) {
         if prefix.split('/').any(|seg| seg == ".." || seg == ".") || prefix.starts_with('/') {
-            cx.err(v.span(), format!("prefix `{prefix}` leaves or re-enters the root"), "write a relative prefix without `.` or `..` segments, e.g. \"workspaces/\"");
+            cx.err(
+                v.span(),
+                format!("prefix `{prefix}` leaves or re-enters the root"),
+                "write a relative prefix without `.` or `..` segments, e.g. \"workspaces/\"",
+            );
         }
     }
     let versions = match &r.versions {
@@ -777,7 +1125,11 @@ fn prefix_target(cx: &mut Ctx, r: &RawRule, store: &StoreConfig, action: Option<
             "all" => Versions::All,
             "current" => Versions::Current,
             other => {
-                cx.err(v.span(), format!("unknown versions `{other}`"), "use \"all\" (every version and delete marker) or \"current\"");
+                cx.err(
+                    v.span(),
+                    format!("unknown versions `{other}`"),
+                    "use \"all\" (every version and delete marker) or \"current\"",
+                );
                 Versions::All
             }
         },
@@ -792,7 +1144,17 @@ fn prefix_target(cx: &mut Ctx, r: &RawRule, store: &StoreConfig, action: Option<
             }
         },
     };
-    let match_metadata = r.match_metadata.as_ref().map(|m| m.get_ref().clone()).unwrap_or_default();
+    let match_metadata = r
+        .match_metadata
+        .as_ref()
+        .map(|m| m.get_ref().clone())
+        .unwrap_or_default();
     let age_metadata = cx.opt_string(&r.age_metadata);
-    Some(Target::Prefix(PrefixRule { prefix, versions, group_by_prefix_depth, match_metadata, age_metadata }))
+    Some(Target::Prefix(PrefixRule {
+        prefix,
+        versions,
+        group_by_prefix_depth,
+        match_metadata,
+        age_metadata,
+    }))
 }

@@ -32,9 +32,16 @@ impl Stores {
     pub fn open(config: &Config) -> Result<Stores, OpenError> {
         let mut postgres = BTreeMap::new();
         for (name, store) in &config.stores {
-            if let StoreConfig::Postgres { url, max_connections } = store {
-                let pg = PgStore::connect(name, url, *max_connections)
-                    .map_err(|source| OpenError { store: name.clone(), source })?;
+            if let StoreConfig::Postgres {
+                url,
+                max_connections,
+            } = store
+            {
+                let pg =
+                    PgStore::connect(name, url, *max_connections).map_err(|source| OpenError {
+                        store: name.clone(),
+                        source,
+                    })?;
                 postgres.insert(name.clone(), pg);
             }
         }

@@ -33,13 +33,25 @@ pub struct Counts {
 /// Counts in one scan. The protection and parse checks are wrapped in
 /// `CASE WHEN due` so their subqueries run for due rows only.
 pub async fn count(conn: &mut PgConnection, rule: &ResolvedRule) -> Result<Counts, sqlx::Error> {
+    let row = sqlx::query(&count_sql(rule)).fetch_one(conn).await?;
+    Ok(Counts {
+        total: row.try_get("total")?,
+        matched: row.try_get("matched")?,
+        protected: row.try_get("protected")?,
+        unparsable: row.try_get("unparsable")?,
+        oldest: row.try_get("oldest")?,
+    })
+}
+
+/// The counting query (also `EXPLAIN`ed by `check --online`).
+pub fn count_sql(rule: &ResolvedRule) -> String {
     let (masked, unparsable) = match &rule.mask {
         Some(m) => (m.masked.as_str(), m.unparsable.as_str()),
         None => ("false", "false"),
     };
     // Names inside the LATERAL are prefixed: a hold's bare column names must
     // resolve to the table, not to our helper columns.
-    let query = format!(
+    format!(
         "SELECT count(*)::int8 AS total, \
                 count(*) FILTER (WHERE x.retentiond_d AND NOT x.retentiond_m AND NOT x.retentiond_p)::int8 AS matched, \
                 count(*) FILTER (WHERE x.retentiond_d AND NOT x.retentiond_m AND x.retentiond_p)::int8 AS protected, \
@@ -55,15 +67,7 @@ pub async fn count(conn: &mut PgConnection, rule: &ResolvedRule) -> Result<Count
         due = rule.due,
         age = rule.age_column,
         table = rule.table.quoted,
-    );
-    let row = sqlx::query(&query).fetch_one(conn).await?;
-    Ok(Counts {
-        total: row.try_get("total")?,
-        matched: row.try_get("matched")?,
-        protected: row.try_get("protected")?,
-        unparsable: row.try_get("unparsable")?,
-        oldest: row.try_get("oldest")?,
-    })
+    )
 }
 
 /// A tuple id `(block, offset)`.
@@ -85,7 +89,10 @@ impl Tid {
     /// bounds: they match nothing).
     pub fn next(self) -> Tid {
         match self.offset.checked_add(1) {
-            Some(offset) => Tid { block: self.block, offset },
+            Some(offset) => Tid {
+                block: self.block,
+                offset,
+            },
             None => Tid::page(self.block.saturating_add(1)),
         }
     }
@@ -94,7 +101,10 @@ impl Tid {
     pub fn parse(text: &str) -> Option<Tid> {
         let inner = text.strip_prefix('(')?.strip_suffix(')')?;
         let (b, o) = inner.split_once(',')?;
-        Some(Tid { block: b.trim().parse().ok()?, offset: o.trim().parse().ok()? })
+        Some(Tid {
+            block: b.trim().parse().ok()?,
+            offset: o.trim().parse().ok()?,
+        })
     }
 }
 
@@ -124,7 +134,10 @@ pub async fn lock(
     hi: Tid,
     limit: u32,
 ) -> Result<Locked, sqlx::Error> {
-    let unparsable = rule.mask.as_ref().map_or("false", |m| m.unparsable.as_str());
+    let unparsable = rule
+        .mask
+        .as_ref()
+        .map_or("false", |m| m.unparsable.as_str());
     let query = format!(
         "SELECT t.ctid::text AS tid, ({unparsable}) AS u FROM {leaf} AS t \
          WHERE t.ctid >= $1::text::tid AND t.ctid < $2::text::tid AND {eligible} \
@@ -152,16 +165,30 @@ pub async fn lock(
 }
 
 /// Deletes the locked rows that are still eligible; returns how many went.
-pub async fn delete(conn: &mut PgConnection, rule: &ResolvedRule, leaf: &str, tids: &[String]) -> Result<u64, sqlx::Error> {
+pub async fn delete(
+    conn: &mut PgConnection,
+    rule: &ResolvedRule,
+    leaf: &str,
+    tids: &[String],
+) -> Result<u64, sqlx::Error> {
     let query = format!(
         "DELETE FROM {leaf} AS t WHERE t.ctid = ANY($1::text[]::tid[]) AND {eligible}",
         eligible = rule.eligible(),
     );
-    Ok(sqlx::query(&query).bind(tids).execute(conn).await?.rows_affected())
+    Ok(sqlx::query(&query)
+        .bind(tids)
+        .execute(conn)
+        .await?
+        .rows_affected())
 }
 
 /// Masks the locked rows that are still eligible; returns how many changed.
-pub async fn mask(conn: &mut PgConnection, rule: &ResolvedRule, leaf: &str, tids: &[String]) -> Result<u64, sqlx::Error> {
+pub async fn mask(
+    conn: &mut PgConnection,
+    rule: &ResolvedRule,
+    leaf: &str,
+    tids: &[String],
+) -> Result<u64, sqlx::Error> {
     let Some(mask) = &rule.mask else { return Ok(0) };
     let query = format!(
         "UPDATE {leaf} AS t SET {set} WHERE t.ctid = ANY($1::text[]::tid[]) AND {eligible}",
@@ -183,7 +210,11 @@ pub async fn tuples_per_page(conn: &mut PgConnection, leaf: &str) -> Result<f64,
         .fetch_one(conn)
         .await?;
     let (t, p): (f64, f64) = (row.try_get("t")?, row.try_get("p")?);
-    Ok(if t > 0.0 && p > 0.0 { (t / p).max(1.0) } else { 50.0 })
+    Ok(if t > 0.0 && p > 0.0 {
+        (t / p).max(1.0)
+    } else {
+        50.0
+    })
 }
 
 #[cfg(test)]
@@ -192,10 +223,31 @@ mod tests {
 
     #[test]
     fn tid_parses_and_orders() {
-        assert_eq!(Tid::parse("(12,5)"), Some(Tid { block: 12, offset: 5 }));
+        assert_eq!(
+            Tid::parse("(12,5)"),
+            Some(Tid {
+                block: 12,
+                offset: 5
+            })
+        );
         assert_eq!(Tid::parse("12,5"), None);
         assert!(Tid::parse("(1,2)") < Tid::parse("(2,1)"));
-        assert_eq!(Tid { block: 3, offset: 7 }.next().to_string(), "(3,8)");
-        assert_eq!(Tid { block: 3, offset: u16::MAX }.next(), Tid::page(4));
+        assert_eq!(
+            Tid {
+                block: 3,
+                offset: 7
+            }
+            .next()
+            .to_string(),
+            "(3,8)"
+        );
+        assert_eq!(
+            Tid {
+                block: 3,
+                offset: u16::MAX
+            }
+            .next(),
+            Tid::page(4)
+        );
     }
 }

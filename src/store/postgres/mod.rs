@@ -52,13 +52,18 @@ impl PgStore {
                 })
             })
             .connect_lazy_with(options);
-        Ok(PgStore { name: name.to_string(), pool })
+        Ok(PgStore {
+            name: name.to_string(),
+            pool,
+        })
     }
 
     /// Reads the server clock and measures its skew against ours.
     pub async fn clock(&self) -> Result<Clock, sqlx::Error> {
         let before = Utc::now();
-        let row = sqlx::query("SELECT now() AS now, clock_timestamp() AS clock").fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT now() AS now, clock_timestamp() AS clock")
+            .fetch_one(&self.pool)
+            .await?;
         let after = Utc::now();
         let db_now: DateTime<Utc> = row.try_get("now")?;
         let clock: DateTime<Utc> = row.try_get("clock")?;

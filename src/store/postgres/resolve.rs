@@ -6,7 +6,7 @@
 //! guard whose column does not exist) is a [`TargetError`]: the run is
 //! refused rather than guessed.
 
-use super::schema::{self, AgeType, SchemaError, TableInfo, TargetError};
+use super::schema::{self, AgeType, Field, SchemaError, TableInfo, TargetError};
 use super::sql::{self, ColumnKind};
 use crate::config::{Config, Guard, MaskSpec, MaskStrategy, TableAction, TableName, TableRule};
 use chrono::{DateTime, Utc};
@@ -51,7 +51,10 @@ impl ResolvedRule {
     /// Rows the rule would change now: due, not yet masked, not protected.
     pub fn eligible(&self) -> String {
         match &self.mask {
-            Some(m) => format!("({} AND NOT {} AND NOT {})", self.due, m.masked, self.protected),
+            Some(m) => format!(
+                "({} AND NOT {} AND NOT {})",
+                self.due, m.masked, self.protected
+            ),
             None => format!("({} AND NOT {})", self.due, self.protected),
         }
     }
@@ -68,21 +71,42 @@ pub async fn resolve(
     at: DateTime<Utc>,
 ) -> Result<ResolvedRule, SchemaError> {
     let table = schema::table(conn, &rule.table).await?;
-    let age_type = age_type(&table, &rule.table, &rule.age)?;
+    let age_type = age_type(&table, &rule.table, &rule.age).map_err(|e| e.about(Field::Age))?;
     let privilege = match rule.action {
         TableAction::Delete => "DELETE",
         TableAction::Mask(_) => "UPDATE",
     };
-    if !schema::has_privilege(conn, &table, privilege).await? || !schema::has_privilege(conn, &table, "SELECT").await? {
-        return Err(TargetError(format!("the database role lacks SELECT or {privilege} on {}", rule.table)).into());
+    if !schema::has_privilege(conn, &table, privilege).await?
+        || !schema::has_privilege(conn, &table, "SELECT").await?
+    {
+        return Err(TargetError::new(format!(
+            "the database role lacks SELECT or {privilege} on {}",
+            rule.table
+        ))
+        .into());
     }
     let leaves = schema::leaves(conn, &table).await?;
-    let due = sql::due("t", &rule.age, &sql::cutoff_literal(cutoff, age_type), rule.filter.as_deref());
+    let due = sql::due(
+        "t",
+        &rule.age,
+        &sql::cutoff_literal(cutoff, age_type),
+        rule.filter.as_deref(),
+    );
     let mut notes = Vec::new();
     let protected = match &rule.action {
         TableAction::Delete => {
             let guards = Protections::load(conn, config, store, at).await?;
-            guards.of(conn, &table, &rule.table, "t", 0, &mut notes, &mut vec![table.oid]).await?
+            guards
+                .of(
+                    conn,
+                    &table,
+                    &rule.table,
+                    "t",
+                    0,
+                    &mut notes,
+                    &mut vec![table.oid],
+                )
+                .await?
         }
         // Guards are deletion floors; masking keeps the row. Holds preserve
         // evidence as it is, so they apply to masking too.
@@ -92,16 +116,24 @@ pub async fn resolve(
         TableAction::Mask(spec) => Some(mask_sql(&table, &rule.table, spec)?),
         TableAction::Delete => None,
     };
-    Ok(ResolvedRule { age_column: sql::quote_ident(&rule.age), table, leaves, due, protected, mask, notes })
+    Ok(ResolvedRule {
+        age_column: sql::quote_ident(&rule.age),
+        table,
+        leaves,
+        due,
+        protected,
+        mask,
+        notes,
+    })
 }
 
 fn age_type(table: &TableInfo, name: &TableName, age: &str) -> Result<AgeType, TargetError> {
     let col = table
         .columns
         .get(age)
-        .ok_or_else(|| TargetError(format!("column {name}.{age} does not exist")))?;
+        .ok_or_else(|| TargetError::new(format!("column {name}.{age} does not exist")))?;
     col.age_type().ok_or_else(|| {
-        TargetError(format!(
+        TargetError::new(format!(
             "column {name}.{age} is {}, not a timestamp: an age column must be timestamptz, timestamp or date",
             col.sql_type
         ))
@@ -109,7 +141,10 @@ fn age_type(table: &TableInfo, name: &TableName, age: &str) -> Result<AgeType, T
 }
 
 fn hold_predicates(config: &Config, store: &str, table: &TableName) -> Vec<String> {
-    config.row_holds_on(store, table).map(|(_, filter)| sql::hold_covers(filter)).collect()
+    config
+        .row_holds_on(store, table)
+        .map(|(_, filter)| sql::hold_covers(filter))
+        .collect()
 }
 
 /// Guards and holds of one store, with their tables resolved to oids and
@@ -120,25 +155,35 @@ struct Protections<'a> {
 }
 
 impl<'a> Protections<'a> {
-    async fn load(conn: &mut PgConnection, config: &'a Config, store: &'a str, at: DateTime<Utc>) -> Result<Protections<'a>, SchemaError> {
+    async fn load(
+        conn: &mut PgConnection,
+        config: &'a Config,
+        store: &'a str,
+        at: DateTime<Utc>,
+    ) -> Result<Protections<'a>, SchemaError> {
         let mut guards = Vec::new();
         for g in config.guards_in(store) {
-            let oid = schema::resolve_name(conn, &g.table)
-                .await?
-                .ok_or_else(|| TargetError(format!("guarded table {} does not exist", g.table)))?;
-            let cutoff = g
-                .min_keep
-                .cutoff(at)
-                .ok_or_else(|| TargetError(format!("guard on {}: min_keep {} reaches before year 0", g.table, g.min_keep)))?;
+            let oid = schema::resolve_name(conn, &g.table).await?.ok_or_else(|| {
+                TargetError::new(format!("guarded table {} does not exist", g.table))
+            })?;
+            let cutoff = g.min_keep.cutoff(at).ok_or_else(|| {
+                TargetError::new(format!(
+                    "guard on {}: min_keep {} reaches before year 0",
+                    g.table, g.min_keep
+                ))
+            })?;
             guards.push((g, oid, cutoff));
         }
         let mut holds = Vec::new();
         for h in &config.holds {
             if let crate::config::HoldTarget::Rows { table, filter } = &h.target {
                 if h.store == store {
-                    let oid = schema::resolve_name(conn, table)
-                        .await?
-                        .ok_or_else(|| TargetError(format!("table {table} of hold `{}` does not exist", h.name)))?;
+                    let oid = schema::resolve_name(conn, table).await?.ok_or_else(|| {
+                        TargetError::new(format!(
+                            "table {table} of hold `{}` does not exist",
+                            h.name
+                        ))
+                    })?;
                     holds.push((table, oid, filter.as_str()));
                 }
             }
@@ -162,9 +207,16 @@ impl<'a> Protections<'a> {
         for (g, oid, cutoff) in &self.guards {
             if *oid == table.oid {
                 let ty = age_type(table, &g.table, &g.age)?;
-                parts.push(sql::guard_protects(alias, &g.age, &sql::cutoff_literal(*cutoff, ty)));
+                parts.push(sql::guard_protects(
+                    alias,
+                    &g.age,
+                    &sql::cutoff_literal(*cutoff, ty),
+                ));
                 if depth > 0 {
-                    notes.push(format!("cascade into {} is checked against its guard (min_keep {}: {})", g.table, g.min_keep, g.reason));
+                    notes.push(format!(
+                        "cascade into {} is checked against its guard (min_keep {}: {})",
+                        g.table, g.min_keep, g.reason
+                    ));
                 }
             }
         }
@@ -186,31 +238,54 @@ impl<'a> Protections<'a> {
                 continue;
             }
             if depth + 1 > MAX_CASCADE_DEPTH {
-                return Err(TargetError(format!(
+                return Err(TargetError::new(format!(
                     "cascade chain from {name} is deeper than {MAX_CASCADE_DEPTH} foreign keys; refusing to guess what a delete would take along"
                 ))
                 .into());
             }
             path.push(edge.child.oid);
             let child_alias = format!("c{}", depth + 1);
-            let inner = Box::pin(self.of(conn, &edge.child, &edge.child_name, &child_alias, depth + 1, notes, path)).await?;
+            let inner = Box::pin(self.of(
+                conn,
+                &edge.child,
+                &edge.child_name,
+                &child_alias,
+                depth + 1,
+                notes,
+                path,
+            ))
+            .await?;
             path.pop();
             if inner != "false" {
-                notes.push(format!("{name} → {} via ON DELETE CASCADE ({})", edge.child_name, edge.constraint));
-                parts.push(sql::cascade_exists(&edge.child.quoted, &child_alias, alias, &edge.columns, &inner));
+                notes.push(format!(
+                    "{name} → {} via ON DELETE CASCADE ({})",
+                    edge.child_name, edge.constraint
+                ));
+                parts.push(sql::cascade_exists(
+                    &edge.child.quoted,
+                    &child_alias,
+                    alias,
+                    &edge.columns,
+                    &inner,
+                ));
             }
         }
         Ok(sql::any_of(&parts))
     }
 }
 
-fn mask_sql(table: &TableInfo, name: &TableName, spec: &MaskSpec) -> Result<ResolvedMask, TargetError> {
-    let (mut masked, mut unparsable, mut sets, mut params) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+fn mask_sql(
+    table: &TableInfo,
+    name: &TableName,
+    spec: &MaskSpec,
+) -> Result<ResolvedMask, TargetError> {
+    let (mut masked, mut unparsable, mut sets, mut params) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (column, strategy) in &spec.columns {
-        let col = table
-            .columns
-            .get(column)
-            .ok_or_else(|| TargetError(format!("column {name}.{column} does not exist")))?;
+        let col = table.columns.get(column).ok_or_else(|| {
+            TargetError::new(format!("column {name}.{column} does not exist"))
+                .about(Field::Column(column.clone()))
+        })?;
         let kind = match col.type_name.as_str() {
             "inet" => ColumnKind::Inet,
             "cidr" => ColumnKind::Cidr,
@@ -218,15 +293,25 @@ fn mask_sql(table: &TableInfo, name: &TableName, spec: &MaskSpec) -> Result<Reso
             _ => ColumnKind::Other,
         };
         let bad_type = |what: &str| {
-            TargetError(format!("column {name}.{column} is {}; `{}` masks {what}", col.sql_type, strategy.name()))
+            TargetError::new(format!(
+                "column {name}.{column} is {}; `{}` masks {what}",
+                col.sql_type,
+                strategy.name()
+            ))
+            .about(Field::Column(column.clone()))
         };
         match strategy {
             MaskStrategy::IpPrefix | MaskStrategy::Hmac { .. } if kind == ColumnKind::Other => {
                 return Err(bad_type("inet, cidr or text columns"))
             }
-            MaskStrategy::Redact if kind != ColumnKind::Text => return Err(bad_type("text or varchar columns")),
+            MaskStrategy::Redact if kind != ColumnKind::Text => {
+                return Err(bad_type("text or varchar columns"))
+            }
             MaskStrategy::Null if col.not_null => {
-                return Err(TargetError(format!("column {name}.{column} is NOT NULL; `null` cannot mask it (use `redact`)")))
+                return Err(TargetError::new(format!(
+                    "column {name}.{column} is NOT NULL; `null` cannot mask it (use `redact`)"
+                ))
+                .about(Field::Column(column.clone())))
             }
             _ => {}
         }
@@ -252,5 +337,10 @@ fn mask_sql(table: &TableInfo, name: &TableName, spec: &MaskSpec) -> Result<Reso
         unparsable.push(m.unparsable);
         sets.push(m.assignment);
     }
-    Ok(ResolvedMask { masked: sql::all_of(&masked), unparsable: sql::any_of(&unparsable), set_list: sets.join(", "), params })
+    Ok(ResolvedMask {
+        masked: sql::all_of(&masked),
+        unparsable: sql::any_of(&unparsable),
+        set_list: sets.join(", "),
+        params,
+    })
 }

@@ -61,8 +61,40 @@ impl ColumnInfo {
 
 /// A problem that makes a rule's target doubtful: the run is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct TargetError(pub String);
+#[error("{message}")]
+pub struct TargetError {
+    /// What is wrong.
+    pub message: String,
+    /// Which of the rule's values it concerns (for `check --online`).
+    pub field: Field,
+}
+
+/// The rule value a [`TargetError`] is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    /// `table`, or the rule as a whole.
+    Table,
+    /// `age`.
+    Age,
+    /// A masked column.
+    Column(String),
+}
+
+impl TargetError {
+    /// An error about the rule's table (or the rule as a whole).
+    pub fn new(message: impl Into<String>) -> TargetError {
+        TargetError {
+            message: message.into(),
+            field: Field::Table,
+        }
+    }
+
+    /// The same error, about `field`.
+    pub fn about(mut self, field: Field) -> TargetError {
+        self.field = field;
+        self
+    }
+}
 
 /// Resolves `table` or explains why it is not a table retentiond may touch.
 pub async fn table(conn: &mut PgConnection, table: &TableName) -> Result<TableInfo, SchemaError> {
@@ -76,16 +108,32 @@ pub async fn table(conn: &mut PgConnection, table: &TableName) -> Result<TableIn
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else {
-        return Err(TargetError(format!("table {table} does not exist (or the role cannot see it)")).into());
+        return Err(TargetError::new(format!(
+            "table {table} does not exist (or the role cannot see it)"
+        ))
+        .into());
     };
     let relkind: String = row.try_get("relkind")?;
     let partitioned = match relkind.as_str() {
         "r" => false,
         "p" => true,
-        "v" => return Err(TargetError(format!("{table} is a view, not a table")).into()),
-        "m" => return Err(TargetError(format!("{table} is a materialized view, not a table")).into()),
-        "f" => return Err(TargetError(format!("{table} is a foreign table; run retentiond against its own database")).into()),
-        other => return Err(TargetError(format!("{table} is not a table (relkind {other})")).into()),
+        "v" => return Err(TargetError::new(format!("{table} is a view, not a table")).into()),
+        "m" => {
+            return Err(
+                TargetError::new(format!("{table} is a materialized view, not a table")).into(),
+            )
+        }
+        "f" => {
+            return Err(TargetError::new(format!(
+                "{table} is a foreign table; run retentiond against its own database"
+            ))
+            .into())
+        }
+        other => {
+            return Err(
+                TargetError::new(format!("{table} is not a table (relkind {other})")).into(),
+            )
+        }
     };
     let oid = u32::try_from(row.try_get::<i64, _>("oid")?).unwrap_or_default();
     let rows = sqlx::query(
@@ -108,7 +156,12 @@ pub async fn table(conn: &mut PgConnection, table: &TableName) -> Result<TableIn
             },
         );
     }
-    Ok(TableInfo { oid, quoted: row.try_get("quoted")?, partitioned, columns })
+    Ok(TableInfo {
+        oid,
+        quoted: row.try_get("quoted")?,
+        partitioned,
+        columns,
+    })
 }
 
 /// The leaf partitions of a partitioned table (quoted), or the table itself.
@@ -126,7 +179,9 @@ pub async fn leaves(conn: &mut PgConnection, info: &TableInfo) -> Result<Vec<Str
     .bind(i64::from(info.oid))
     .fetch_all(&mut *conn)
     .await?;
-    rows.iter().map(|r| r.try_get("quoted").map_err(SchemaError::from)).collect()
+    rows.iter()
+        .map(|r| r.try_get("quoted").map_err(SchemaError::from))
+        .collect()
 }
 
 /// Heap size in pages (at least 1), for walking the table in ctid windows.
@@ -141,12 +196,18 @@ pub async fn relpages(conn: &mut PgConnection, quoted: &str) -> Result<u32, Sche
 }
 
 /// Whether the current role holds `privilege` (`DELETE`, `UPDATE`) on a table.
-pub async fn has_privilege(conn: &mut PgConnection, info: &TableInfo, privilege: &str) -> Result<bool, SchemaError> {
-    Ok(sqlx::query_scalar("SELECT has_table_privilege($1::int8::oid, $2)")
-        .bind(i64::from(info.oid))
-        .bind(privilege)
-        .fetch_one(&mut *conn)
-        .await?)
+pub async fn has_privilege(
+    conn: &mut PgConnection,
+    info: &TableInfo,
+    privilege: &str,
+) -> Result<bool, SchemaError> {
+    Ok(
+        sqlx::query_scalar("SELECT has_table_privilege($1::int8::oid, $2)")
+            .bind(i64::from(info.oid))
+            .bind(privilege)
+            .fetch_one(&mut *conn)
+            .await?,
+    )
 }
 
 /// A foreign key whose `ON DELETE CASCADE` deletes `child` rows with a parent.
@@ -163,7 +224,10 @@ pub struct CascadeEdge {
 }
 
 /// Foreign keys that cascade deletes from `parent` into other tables.
-pub async fn cascades_from(conn: &mut PgConnection, parent: &TableInfo) -> Result<Vec<CascadeEdge>, SchemaError> {
+pub async fn cascades_from(
+    conn: &mut PgConnection,
+    parent: &TableInfo,
+) -> Result<Vec<CascadeEdge>, SchemaError> {
     // conparentid = 0 keeps the constraint declared on a partitioned parent and
     // drops its per-partition clones.
     let rows = sqlx::query(
@@ -183,7 +247,10 @@ pub async fn cascades_from(conn: &mut PgConnection, parent: &TableInfo) -> Resul
     .await?;
     let mut edges = Vec::new();
     for r in rows {
-        let child_name = TableName { schema: Some(r.try_get("schema")?), name: r.try_get("rel")? };
+        let child_name = TableName {
+            schema: Some(r.try_get("schema")?),
+            name: r.try_get("rel")?,
+        };
         let child = table(conn, &child_name).await?;
         let child_cols: Vec<String> = r.try_get("child_cols")?;
         let parent_cols: Vec<String> = r.try_get("parent_cols")?;
@@ -198,7 +265,10 @@ pub async fn cascades_from(conn: &mut PgConnection, parent: &TableInfo) -> Resul
 }
 
 /// The schema search path's first schema, to match unqualified guard tables.
-pub async fn resolve_name(conn: &mut PgConnection, name: &TableName) -> Result<Option<u32>, SchemaError> {
+pub async fn resolve_name(
+    conn: &mut PgConnection,
+    name: &TableName,
+) -> Result<Option<u32>, SchemaError> {
     let oid: Option<i64> = sqlx::query_scalar("SELECT to_regclass($1)::oid::int8")
         .bind(quote_table(name))
         .fetch_one(&mut *conn)

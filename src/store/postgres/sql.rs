@@ -67,7 +67,13 @@ pub fn cascade_exists(
 ) -> String {
     let join: Vec<String> = columns
         .iter()
-        .map(|(c, p)| format!("{child_alias}.{} = {parent_alias}.{}", quote_ident(c), quote_ident(p)))
+        .map(|(c, p)| {
+            format!(
+                "{child_alias}.{} = {parent_alias}.{}",
+                quote_ident(c),
+                quote_ident(p)
+            )
+        })
         .collect();
     format!(
         "EXISTS (SELECT 1 FROM {child_table} AS {child_alias} WHERE {} AND {child_protected})",
@@ -155,11 +161,17 @@ fn prefix_len(v: &str) -> String {
 /// `inet` with host bits past /24 (IPv4) or /48 (IPv6) zeroed; a value that
 /// is already a wider network is left as it is. Idempotent.
 fn prefix_inet(v: &str) -> String {
-    format!("set_masklen(network(set_masklen({v}, LEAST(masklen({v}), {})))::inet, masklen({v}))", prefix_len(v))
+    format!(
+        "set_masklen(network(set_masklen({v}, LEAST(masklen({v}), {})))::inet, masklen({v}))",
+        prefix_len(v)
+    )
 }
 
 fn prefix_cidr(v: &str) -> String {
-    format!("set_masklen(set_masklen({v}, LEAST(masklen({v}), {})), masklen({v}))", prefix_len(v))
+    format!(
+        "set_masklen(set_masklen({v}, LEAST(masklen({v}), {})), masklen({v}))",
+        prefix_len(v)
+    )
 }
 
 /// An `inet` as text: a bare address for host values, CIDR notation otherwise.
@@ -186,7 +198,12 @@ pub fn column_mask(
     params: Option<(&str, &str)>,
 ) -> ColumnMask {
     let c = format!("t.{}", quote_ident(column));
-    let assign = |expr: String, masked: &str| format!("{} = CASE WHEN {masked} THEN {c} ELSE {expr} END", quote_ident(column));
+    let assign = |expr: String, masked: &str| {
+        format!(
+            "{} = CASE WHEN {masked} THEN {c} ELSE {expr} END",
+            quote_ident(column)
+        )
+    };
     let (ipad, opad) = params.unwrap_or(("NULL::bytea", "NULL::bytea"));
     let simple = |masked: String, expr: String| ColumnMask {
         assignment: assign(expr, &masked),
@@ -195,10 +212,22 @@ pub fn column_mask(
     };
     match (strategy, kind) {
         (MaskStrategy::Null, _) => simple(format!("{c} IS NULL"), "NULL".to_string()),
-        (MaskStrategy::Redact, _) => simple(format!("({c} IS NULL OR {c} = 'redacted')"), "'redacted'".to_string()),
-        (MaskStrategy::IpPrefix, ColumnKind::Inet) => simple(format!("({c} IS NULL OR {c} = {})", prefix_inet(&c)), prefix_inet(&c)),
-        (MaskStrategy::IpPrefix, ColumnKind::Cidr) => simple(format!("({c} IS NULL OR {c} = {})", prefix_cidr(&c)), prefix_cidr(&c)),
-        (MaskStrategy::Hmac { .. }, ColumnKind::Inet) => simple(format!("({c} IS NULL OR {c} <<= '{HMAC_NETWORK}'::inet)"), hmac_inet(&c, ipad, opad)),
+        (MaskStrategy::Redact, _) => simple(
+            format!("({c} IS NULL OR {c} = 'redacted')"),
+            "'redacted'".to_string(),
+        ),
+        (MaskStrategy::IpPrefix, ColumnKind::Inet) => simple(
+            format!("({c} IS NULL OR {c} = {})", prefix_inet(&c)),
+            prefix_inet(&c),
+        ),
+        (MaskStrategy::IpPrefix, ColumnKind::Cidr) => simple(
+            format!("({c} IS NULL OR {c} = {})", prefix_cidr(&c)),
+            prefix_cidr(&c),
+        ),
+        (MaskStrategy::Hmac { .. }, ColumnKind::Inet) => simple(
+            format!("({c} IS NULL OR {c} <<= '{HMAC_NETWORK}'::inet)"),
+            hmac_inet(&c, ipad, opad),
+        ),
         (MaskStrategy::Hmac { .. }, ColumnKind::Cidr) => simple(
             format!("({c} IS NULL OR {c} <<= '{HMAC_NETWORK}'::cidr)"),
             format!("({})::cidr", hmac_inet(&format!("{c}::inet"), ipad, opad)),
@@ -207,18 +236,37 @@ pub fn column_mask(
             // Text holding IP addresses; anything else was refused earlier.
             let p = format!("{PARSE_INET}({c})");
             let (done, value) = match strategy {
-                MaskStrategy::Hmac { .. } => (format!("{p} <<= '{HMAC_NETWORK}'::inet"), format!("host({})", hmac_inet(&p, ipad, opad))),
-                _ => (format!("{c} = {}", inet_text(&prefix_inet(&p))), inet_text(&prefix_inet(&p))),
+                MaskStrategy::Hmac { .. } => (
+                    format!("{p} <<= '{HMAC_NETWORK}'::inet"),
+                    format!("host({})", hmac_inet(&p, ipad, opad)),
+                ),
+                _ => (
+                    format!("{c} = {}", inet_text(&prefix_inet(&p))),
+                    inet_text(&prefix_inet(&p)),
+                ),
             };
             let replacement = if not_null { "'redacted'" } else { "NULL" };
             let (masked_unparsable, unparsable) = match (on_unparsable, not_null) {
-                (OnUnparsable::Keep, _) => (format!(" OR {p} IS NULL"), format!("({c} IS NOT NULL AND {p} IS NULL)")),
-                (OnUnparsable::Replace, true) => (format!(" OR {c} = 'redacted'"), format!("({c} IS NOT NULL AND {c} <> 'redacted' AND {p} IS NULL)")),
-                (OnUnparsable::Replace, false) => (String::new(), format!("({c} IS NOT NULL AND {p} IS NULL)")),
+                (OnUnparsable::Keep, _) => (
+                    format!(" OR {p} IS NULL"),
+                    format!("({c} IS NOT NULL AND {p} IS NULL)"),
+                ),
+                (OnUnparsable::Replace, true) => (
+                    format!(" OR {c} = 'redacted'"),
+                    format!("({c} IS NOT NULL AND {c} <> 'redacted' AND {p} IS NULL)"),
+                ),
+                (OnUnparsable::Replace, false) => {
+                    (String::new(), format!("({c} IS NOT NULL AND {p} IS NULL)"))
+                }
             };
-            let masked = format!("({c} IS NULL OR ({p} IS NOT NULL AND {done}){masked_unparsable})");
+            let masked =
+                format!("({c} IS NULL OR ({p} IS NOT NULL AND {done}){masked_unparsable})");
             let expr = format!("(CASE WHEN {p} IS NULL THEN {replacement} ELSE {value} END)");
-            ColumnMask { assignment: assign(expr, &masked), masked, unparsable }
+            ColumnMask {
+                assignment: assign(expr, &masked),
+                masked,
+                unparsable,
+            }
         }
     }
 }
@@ -230,22 +278,37 @@ mod tests {
 
     #[test]
     fn quote_ident_doubles_quotes() {
-        assert_eq!(quote_ident("a\"; DROP TABLE x; --"), "\"a\"\"; DROP TABLE x; --\"");
-        let t = TableName { schema: Some("My Schema".into()), name: "t\"x".into() };
+        assert_eq!(
+            quote_ident("a\"; DROP TABLE x; --"),
+            "\"a\"\"; DROP TABLE x; --\""
+        );
+        let t = TableName {
+            schema: Some("My Schema".into()),
+            name: "t\"x".into(),
+        };
         assert_eq!(quote_table(&t), "\"My Schema\".\"t\"\"x\"");
     }
 
     #[test]
     fn cutoff_literal_matches_column_type() {
         let at = Utc.with_ymd_and_hms(2026, 2, 28, 12, 0, 0).unwrap();
-        assert_eq!(cutoff_literal(at, AgeType::Timestamptz), "'2026-02-28 12:00:00.000000+00'::timestamptz");
-        assert_eq!(cutoff_literal(at, AgeType::Timestamp), "'2026-02-28 12:00:00.000000'::timestamp");
+        assert_eq!(
+            cutoff_literal(at, AgeType::Timestamptz),
+            "'2026-02-28 12:00:00.000000+00'::timestamptz"
+        );
+        assert_eq!(
+            cutoff_literal(at, AgeType::Timestamp),
+            "'2026-02-28 12:00:00.000000'::timestamp"
+        );
     }
 
     #[test]
     fn due_wraps_filter_as_is_true() {
         assert_eq!(due("t", "created_at", "X", None), "(t.\"created_at\" <= X)");
-        assert_eq!(due("t", "a", "X", Some("tier = 'free'")), "(t.\"a\" <= X AND (tier = 'free') IS TRUE)");
+        assert_eq!(
+            due("t", "a", "X", Some("tier = 'free'")),
+            "(t.\"a\" <= X AND (tier = 'free') IS TRUE)"
+        );
     }
 
     #[test]
@@ -261,7 +324,16 @@ mod tests {
 
     #[test]
     fn column_mask_never_inlines_key() {
-        let m = column_mask("ip", ColumnKind::Inet, false, &MaskStrategy::Hmac { key: b"s3cret".to_vec() }, OnUnparsable::Replace, Some(("$2", "$3")));
+        let m = column_mask(
+            "ip",
+            ColumnKind::Inet,
+            false,
+            &MaskStrategy::Hmac {
+                key: b"s3cret".to_vec(),
+            },
+            OnUnparsable::Replace,
+            Some(("$2", "$3")),
+        );
         assert!(!m.assignment.contains("s3cret"));
         assert!(m.assignment.contains("$2") && m.assignment.contains("$3"));
     }

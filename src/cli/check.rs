@@ -1,0 +1,242 @@
+//! `retentiond check`: validate the file; with `--online`, also ask the
+//! databases whether every table, column, type, `where` and guard is real.
+
+use super::{exit, load};
+use crate::config::{Config, ConfigError, Problem, Target};
+use crate::store::postgres::schema::{self, Field, SchemaError};
+use crate::store::postgres::{batch, resolve};
+use crate::store::Stores;
+use sqlx::{Connection, Executor, PgConnection};
+use std::io::IsTerminal;
+use std::ops::Range;
+use std::path::Path;
+
+pub async fn run(path: &Path, online: bool) -> i32 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let summary = format!(
+        "{}: {} rule(s), {} guard(s), {} hold(s), {} store(s)",
+        path.display(),
+        config.rules.len(),
+        config.guards.len(),
+        config.holds.len(),
+        config.stores.len()
+    );
+    if !online {
+        println!("ok  {summary}");
+        return exit::OK;
+    }
+    let stores = match Stores::open(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::FAILED;
+        }
+    };
+    let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    let mut unreachable = false;
+    for (name, store) in &config.stores {
+        let Some(pg) = stores.postgres(name) else {
+            if store.is_blob() {
+                notes.push(format!(
+                    "store `{name}` ({}): not checked online by this build",
+                    store.kind()
+                ));
+            }
+            continue;
+        };
+        let mut conn = match pg.pool.acquire().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: store `{name}`: cannot connect: {e}");
+                unreachable = true;
+                continue;
+            }
+        };
+        check_store(&config, name, &mut conn, &mut problems, &mut notes).await;
+    }
+    stores.close().await;
+    for note in &notes {
+        println!("note: {note}");
+    }
+    if !problems.is_empty() {
+        problems.sort_by_key(|p: &Problem| p.span.offset());
+        let err = ConfigError {
+            path: path.display().to_string(),
+            text: config.source.text.clone(),
+            problems,
+        };
+        eprint!("{}", err.render(std::io::stderr().is_terminal()));
+        eprintln!(
+            "{} problem(s) found online in {}",
+            err.problems.len(),
+            err.path
+        );
+        return exit::USAGE;
+    }
+    if unreachable {
+        return exit::FAILED;
+    }
+    println!("ok  {summary} (checked online)");
+    exit::OK
+}
+
+async fn check_store(
+    config: &Config,
+    store: &str,
+    conn: &mut PgConnection,
+    problems: &mut Vec<Problem>,
+    notes: &mut Vec<String>,
+) {
+    let now = chrono::Utc::now();
+    for g in config.guards_in(store) {
+        let found = schema::table(conn, &g.table).await;
+        match found {
+            Ok(t) => match t.columns.get(&g.age) {
+                Some(c) if c.age_type().is_some() => {}
+                Some(c) => problems.push(Problem::new(
+                    g.span.clone(),
+                    format!(
+                        "guard column {}.{} is {}, not a timestamp",
+                        g.table, g.age, c.sql_type
+                    ),
+                    "point `age` at a timestamptz, timestamp or date column",
+                )),
+                None => problems.push(Problem::new(
+                    g.span.clone(),
+                    format!("guard column {}.{} does not exist", g.table, g.age),
+                    "fix `age` to name an existing column",
+                )),
+            },
+            Err(e) => problems.push(Problem::new(
+                g.span.clone(),
+                format!("guard: {e}"),
+                "fix `table` to name an existing table",
+            )),
+        }
+    }
+    for h in config.holds.iter().filter(|h| h.store == store) {
+        if let crate::config::HoldTarget::Rows { table, filter } = &h.target {
+            let sql = format!(
+                "EXPLAIN SELECT 1 FROM {} AS t WHERE ({filter}) IS NOT FALSE",
+                crate::store::postgres::sql::quote_table(table)
+            );
+            if let Err(e) = explain(conn, &sql).await {
+                problems.push(Problem::new(
+                    h.span.clone(),
+                    format!("hold `{}`: {e}", h.name),
+                    "fix `table` or `where` so the hold compiles",
+                ));
+            }
+        }
+    }
+    for rule in config.rules.iter().filter(|r| r.store == store) {
+        let Target::Table(t) = &rule.target else {
+            continue;
+        };
+        let cutoff = rule.keep.cutoff(now).unwrap_or(now);
+        let resolved = {
+            let result = async {
+                let mut tx = conn.begin().await?;
+                tx.execute("SET TRANSACTION READ ONLY").await?;
+                let r = resolve::resolve(&mut tx, config, store, t, cutoff, now).await;
+                tx.rollback().await?;
+                Ok::<_, sqlx::Error>(r)
+            };
+            match result.await {
+                Ok(r) => r,
+                Err(e) => Err(SchemaError::Db(e)),
+            }
+        };
+        let resolved = match resolved {
+            Ok(r) => r,
+            Err(SchemaError::Target(e)) => {
+                let (span, help) = match &e.field {
+                    Field::Age => (
+                        rule.spans.age.clone(),
+                        "name a timestamptz, timestamp or date column",
+                    ),
+                    Field::Column(c) => (
+                        rule.spans
+                            .columns
+                            .get(c)
+                            .cloned()
+                            .unwrap_or(rule.spans.rule.clone()),
+                        "name an existing column of a type the strategy can mask",
+                    ),
+                    Field::Table => (
+                        if rule.spans.table.is_empty() {
+                            rule.spans.rule.clone()
+                        } else {
+                            rule.spans.table.clone()
+                        },
+                        "check the table name, the role's privileges, and the guards on this store",
+                    ),
+                };
+                problems.push(Problem::new(
+                    span,
+                    format!("rule `{}`: {}", rule.name, e.message),
+                    help,
+                ));
+                continue;
+            }
+            Err(SchemaError::Db(e)) => {
+                problems.push(Problem::new(
+                    rule.spans.rule.clone(),
+                    format!("rule `{}`: {e}", rule.name),
+                    "the catalog could not be read",
+                ));
+                continue;
+            }
+        };
+        if let (Some(filter), Some(span)) = (&t.filter, &rule.spans.filter) {
+            let sql = format!(
+                "EXPLAIN SELECT 1 FROM {} AS t WHERE ({filter}) IS TRUE",
+                resolved.table.quoted
+            );
+            if let Err(e) = explain(conn, &sql).await {
+                problems.push(Problem::new(
+                    span.clone(),
+                    format!("rule `{}`: `where` does not compile: {e}", rule.name),
+                    "write an SQL boolean expression over the rule's table",
+                ));
+                continue;
+            }
+        }
+        if let Err(e) = explain(conn, &format!("EXPLAIN {}", batch::count_sql(&resolved))).await {
+            problems.push(Problem::new(
+                span_or(&rule.spans.rule),
+                format!("rule `{}`: its statement does not compile: {e}", rule.name),
+                "check the holds and guards on this table",
+            ));
+        }
+        for n in &resolved.notes {
+            notes.push(format!("rule `{}`: {n}", rule.name));
+        }
+    }
+}
+
+fn span_or(span: &Range<usize>) -> Range<usize> {
+    span.clone()
+}
+
+/// Plans (never runs) a statement in a read-only transaction.
+async fn explain(conn: &mut PgConnection, sql: &str) -> Result<(), String> {
+    let mut tx = conn.begin().await.map_err(|e| e.to_string())?;
+    tx.execute("SET TRANSACTION READ ONLY")
+        .await
+        .map_err(|e| e.to_string())?;
+    let result = tx
+        .execute(sql)
+        .await
+        .map(|_| ())
+        .map_err(|e| match e.as_database_error() {
+            Some(db) => db.message().to_string(),
+            None => e.to_string(),
+        });
+    let _ = tx.rollback().await;
+    result
+}

@@ -1,0 +1,443 @@
+//! The command line: parse arguments, run a command, map the result to an
+//! exit code (0 ok, 1 runtime failure, 2 config or usage error, 3 refused by
+//! a safety check).
+
+mod check;
+mod output;
+
+use crate::audit::{self, AuditLog, Signer};
+use crate::config::{Config, LoadError};
+use crate::engine::{Cancel, Runner};
+use crate::plan::{self, PlanOptions};
+use crate::store::Stores;
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+/// Exit codes.
+pub mod exit {
+    /// Success.
+    pub const OK: i32 = 0;
+    /// A store or the audit log failed.
+    pub const FAILED: i32 = 1;
+    /// The config or the command line is wrong.
+    pub const USAGE: i32 = 2;
+    /// A safety check refused (max_fraction, clock skew, wrong target).
+    pub const REFUSED: i32 = 3;
+}
+
+/// Data-retention enforcement: declarative rules, batched purges and IP
+/// masking, signed audit records.
+#[derive(Debug, Parser)]
+#[command(name = "retentiond", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Report output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Tables.
+    Text,
+    /// One JSON object on stdout.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a rules file; with --online also check it against the databases.
+    Check {
+        /// The rules file.
+        #[arg(short, long, env = "RETENTIOND_CONFIG")]
+        config: PathBuf,
+        /// Connect and verify tables, columns, types, `where` and cascades.
+        #[arg(long)]
+        online: bool,
+    },
+    /// Show what each rule would delete or mask now (or --at another time). Changes nothing.
+    Plan {
+        /// The rules file.
+        #[arg(short, long, env = "RETENTIOND_CONFIG")]
+        config: PathBuf,
+        /// Only these rules (repeatable).
+        #[arg(long = "rule")]
+        rules: Vec<String>,
+        /// Simulate another "now": RFC 3339 or a date (midnight UTC).
+        #[arg(long, value_parser = parse_time)]
+        at: Option<DateTime<Utc>>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Execute the rules once, then exit.
+    Run {
+        /// The rules file.
+        #[arg(short, long, env = "RETENTIOND_CONFIG")]
+        config: PathBuf,
+        /// Only these rules (repeatable).
+        #[arg(long = "rule")]
+        rules: Vec<String>,
+        /// Exactly `plan`: change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Run as of an earlier time (never later than the database's now).
+        #[arg(long, value_parser = parse_time)]
+        at: Option<DateTime<Utc>>,
+        /// Lift the max_fraction cap for this run.
+        #[arg(long)]
+        allow_large: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Create or update the audit schema (run as an admin role).
+    Migrate {
+        /// The rules file.
+        #[arg(short, long, env = "RETENTIOND_CONFIG")]
+        config: PathBuf,
+    },
+    /// Write a new Ed25519 signing key pair (signing.pem, signing.pub.pem).
+    Keygen {
+        /// Directory for the key files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Read the audit log.
+    Audit {
+        /// What to read.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// A readable table of recorded events.
+    Log {
+        /// The rules file.
+        #[arg(short, long, env = "RETENTIOND_CONFIG")]
+        config: PathBuf,
+        /// Only this rule.
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only records at or after this time.
+        #[arg(long, value_parser = parse_time)]
+        since: Option<DateTime<Utc>>,
+        /// At most this many records (newest).
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+/// Parses RFC 3339, or a date as midnight UTC.
+pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        if let Some(t) = d.and_hms_opt(0, 0, 0) {
+            return Ok(t.and_utc());
+        }
+    }
+    Err(format!(
+        "`{text}` is not an RFC 3339 time (2026-12-01T00:00:00Z) or a date (2026-12-01)"
+    ))
+}
+
+/// Runs the command; returns the process exit code.
+pub async fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Check { config, online } => check::run(&config, online).await,
+        Command::Plan {
+            config,
+            rules,
+            at,
+            format,
+        } => plan_cmd(&config, &rules, at, format).await,
+        Command::Run {
+            config,
+            rules,
+            dry_run: true,
+            at,
+            format,
+            ..
+        } => plan_cmd(&config, &rules, at, format).await,
+        Command::Run {
+            config,
+            rules,
+            at,
+            allow_large,
+            format,
+            ..
+        } => {
+            run_cmd(
+                &config,
+                &rules,
+                PlanOptions {
+                    at,
+                    allow_large,
+                    for_run: true,
+                },
+                format,
+            )
+            .await
+        }
+        Command::Migrate { config } => migrate_cmd(&config).await,
+        Command::Keygen { out } => match audit::key::generate(&out) {
+            Ok((private, public, id)) => {
+                println!("key id {id}\nprivate key {} (keep secret; point [audit] signing_key at it)\npublic key  {} (give to auditors)", private.display(), public.display());
+                exit::OK
+            }
+            Err(e) => fail(exit::FAILED, e),
+        },
+        Command::Audit {
+            command:
+                AuditCommand::Log {
+                    config,
+                    rule,
+                    since,
+                    limit,
+                },
+        } => audit_log_cmd(&config, rule, since, limit).await,
+    }
+}
+
+fn fail(code: i32, e: impl std::fmt::Display) -> i32 {
+    eprintln!("error: {e}");
+    code
+}
+
+/// Loads the config, printing located problems (exit 2) on failure.
+pub(crate) fn load(path: &std::path::Path) -> Result<Config, i32> {
+    match Config::load(path) {
+        Ok(c) => Ok(c),
+        Err(LoadError::Invalid(e)) => {
+            eprint!("{}", e.render(std::io::stderr().is_terminal()));
+            eprintln!("{} problem(s) in {}", e.problems.len(), e.path);
+            Err(exit::USAGE)
+        }
+        Err(e) => Err(fail(exit::USAGE, e)),
+    }
+}
+
+fn open(config: &Config) -> Result<Stores, i32> {
+    Stores::open(config).map_err(|e| fail(exit::FAILED, e))
+}
+
+async fn plan_cmd(
+    path: &std::path::Path,
+    names: &[String],
+    at: Option<DateTime<Utc>>,
+    format: Format,
+) -> i32 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rules = match config.select_rules(names) {
+        Ok(r) => r,
+        Err(e) => return fail(exit::USAGE, e),
+    };
+    let stores = match open(&config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let plan = plan::plan(
+        &config,
+        &stores,
+        &rules,
+        PlanOptions {
+            at,
+            ..PlanOptions::default()
+        },
+    )
+    .await;
+    stores.close().await;
+    output::print_reports(&plan.rules, plan.at, format, false);
+    // A plan fails only when a store does; would_refuse is information.
+    if plan
+        .rules
+        .iter()
+        .any(|r| r.outcome == plan::Outcome::Failed)
+    {
+        exit::FAILED
+    } else {
+        exit::OK
+    }
+}
+
+async fn open_audit(config: &Config, stores: &Stores) -> Result<AuditLog, i32> {
+    let Some(audit_cfg) = &config.audit else {
+        return Err(fail(exit::USAGE, "the config has no [audit] section; `run` writes audit records and needs one (see README)"));
+    };
+    let signer = Signer::load(&audit_cfg.signing_key).map_err(|e| fail(exit::USAGE, e))?;
+    let Some(pg) = stores.postgres(&audit_cfg.store) else {
+        return Err(fail(
+            exit::USAGE,
+            format!("audit store `{}` is not a postgres store", audit_cfg.store),
+        ));
+    };
+    AuditLog::open(pg.pool.clone(), signer, audit_cfg.jsonl.clone())
+        .await
+        .map_err(|e| fail(exit::FAILED, e))
+}
+
+async fn run_cmd(
+    path: &std::path::Path,
+    names: &[String],
+    options: PlanOptions,
+    format: Format,
+) -> i32 {
+    if options.at.is_some_and(|at| at > Utc::now()) {
+        return fail(
+            exit::USAGE,
+            "run --at may only move time backwards; use `plan --at` to look into the future",
+        );
+    }
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rules = match config.select_rules(names) {
+        Ok(r) => r,
+        Err(e) => return fail(exit::USAGE, e),
+    };
+    let stores = match open(&config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let audit = match open_audit(&config, &stores).await {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let cancel = Cancel::default();
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::warn!("Interrupted: finishing the current batch, then stopping.");
+            on_signal.cancel();
+        }
+    });
+    #[cfg(unix)]
+    {
+        let on_term = cancel.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let Ok(mut term) = signal(SignalKind::terminate()) {
+                term.recv().await;
+                tracing::warn!("SIGTERM: finishing the current batch, then stopping.");
+                on_term.cancel();
+            }
+        });
+    }
+    let progress =
+        output::ProgressBars::new(format == Format::Text && std::io::stderr().is_terminal());
+    let runner = Runner {
+        config: &config,
+        stores: &stores,
+        audit: &audit,
+        options,
+        cancel,
+        progress: &progress,
+    };
+    let report = runner.run(&rules).await;
+    progress.finish();
+    stores.close().await;
+    output::print_reports(&report.rules, report.at, format, true);
+    plan::worst_exit_code(report.rules.iter().map(|r| &r.outcome))
+}
+
+async fn migrate_cmd(path: &std::path::Path) -> i32 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(audit_cfg) = &config.audit else {
+        return fail(
+            exit::USAGE,
+            "the config has no [audit] section: nothing to migrate",
+        );
+    };
+    let stores = match open(&config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let Some(pg) = stores.postgres(&audit_cfg.store) else {
+        return fail(
+            exit::USAGE,
+            format!("audit store `{}` is not a postgres store", audit_cfg.store),
+        );
+    };
+    match audit::log::migrate(&pg.pool).await {
+        Ok(()) => {
+            println!(
+                "audit schema `retentiond` is up to date in store `{}`",
+                audit_cfg.store
+            );
+            exit::OK
+        }
+        Err(e) => fail(exit::FAILED, e),
+    }
+}
+
+async fn audit_log_cmd(
+    path: &std::path::Path,
+    rule: Option<String>,
+    since: Option<DateTime<Utc>>,
+    limit: i64,
+) -> i32 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(audit_cfg) = &config.audit else {
+        return fail(exit::USAGE, "the config has no [audit] section");
+    };
+    let stores = match open(&config) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let Some(pg) = stores.postgres(&audit_cfg.store) else {
+        return fail(
+            exit::USAGE,
+            format!("audit store `{}` is not a postgres store", audit_cfg.store),
+        );
+    };
+    let rows = sqlx::query_as::<_, (String,)>(
+        "SELECT record FROM (SELECT seq, record FROM retentiond.audit_log \
+         WHERE ($1::text IS NULL OR rule = $1) AND ($2::timestamptz IS NULL OR ts >= $2) \
+         ORDER BY seq DESC LIMIT $3) r ORDER BY seq",
+    )
+    .bind(rule)
+    .bind(since)
+    .bind(limit)
+    .fetch_all(&pg.pool)
+    .await;
+    match rows {
+        Ok(rows) => {
+            output::print_audit(rows.iter().map(|(r,)| r.as_str()));
+            exit::OK
+        }
+        Err(e) => fail(
+            exit::FAILED,
+            format!("reading retentiond.audit_log: {e} (has `retentiond migrate` run?)"),
+        ),
+    }
+}

@@ -1,0 +1,183 @@
+//! What commands print: tables for people, one JSON object for programs,
+//! progress bars on a terminal.
+
+use crate::engine::Progress;
+use crate::plan::{Outcome, RuleReport};
+use chrono::{DateTime, Utc};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Cell, CellAlignment, Table};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::Format;
+
+/// Prints plan or run reports. JSON goes to stdout as one object.
+pub fn print_reports(reports: &[RuleReport], at: DateTime<Utc>, format: Format, run: bool) {
+    match format {
+        Format::Json => {
+            let value =
+                serde_json::json!({ "at": crate::audit::record::format_ts(at), "rules": reports });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
+        }
+        Format::Text => print_table(reports, at, run),
+    }
+}
+
+fn short_ts(ts: Option<DateTime<Utc>>) -> String {
+    ts.map_or_else(
+        || "-".to_string(),
+        |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+    )
+}
+
+fn print_table(reports: &[RuleReport], at: DateTime<Utc>, run: bool) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    let mut header = vec![
+        "rule",
+        "action",
+        "target",
+        "keep",
+        "cutoff (UTC)",
+        "matched",
+        "protected",
+    ];
+    if run {
+        header.push("affected");
+    }
+    header.extend(["batches", "outcome"]);
+    table.set_header(header);
+    for r in reports {
+        let mut row = vec![
+            Cell::new(&r.rule),
+            Cell::new(r.action),
+            Cell::new(format!("{}:{}", r.store, r.target)),
+            Cell::new(&r.keep),
+            Cell::new(short_ts(r.cutoff)),
+            Cell::new(r.matched).set_alignment(CellAlignment::Right),
+            Cell::new(r.protected).set_alignment(CellAlignment::Right),
+        ];
+        if run {
+            row.push(Cell::new(r.affected.unwrap_or(0)).set_alignment(CellAlignment::Right));
+        }
+        row.push(Cell::new(r.batches).set_alignment(CellAlignment::Right));
+        row.push(Cell::new(outcome_name(r.outcome)));
+        table.add_row(row);
+    }
+    let verb = if run { "Run" } else { "Plan" };
+    println!("{verb} at {} UTC", at.format("%Y-%m-%d %H:%M:%S"));
+    println!("{table}");
+    for r in reports {
+        if let Some(u) = r.unparsable.filter(|u| *u > 0) {
+            println!(
+                "  {}: {u} value(s) were not IP addresses (unparsable)",
+                r.rule
+            );
+        }
+        if let Some(reason) = &r.reason {
+            println!("  {} {}: {reason}", r.rule, outcome_name(r.outcome));
+        }
+        for note in &r.notes {
+            println!("  {}: {note}", r.rule);
+        }
+    }
+}
+
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Planned => "planned",
+        Outcome::WouldRefuse => "would_refuse",
+        Outcome::Ok => "ok",
+        Outcome::Refused => "refused",
+        Outcome::Failed => "failed",
+        Outcome::Interrupted => "interrupted",
+    }
+}
+
+/// Prints audit records as a table.
+pub fn print_audit<'a>(records: impl Iterator<Item = &'a str>) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    table.set_header([
+        "seq", "ts (UTC)", "kind", "rule", "outcome", "cutoff", "matched", "affected", "key",
+    ]);
+    for line in records {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+        let n = |outer: &str, k: &str| {
+            v.get(outer)
+                .and_then(|o| o.get(k))
+                .map(|x| x.to_string())
+                .unwrap_or_default()
+        };
+        let ts = s("ts");
+        let (matched, affected) = if s("kind") == "run_intent" {
+            (n("planned", "matched"), String::new())
+        } else {
+            (n("counts", "matched"), n("counts", "affected"))
+        };
+        table.add_row(vec![
+            v.get("seq").map(|x| x.to_string()).unwrap_or_default(),
+            ts.get(..19).unwrap_or(&ts).replace('T', " "),
+            s("kind"),
+            s("rule"),
+            s("outcome"),
+            s("cutoff").get(..19).unwrap_or("").replace('T', " "),
+            matched,
+            affected,
+            s("key_id"),
+        ]);
+    }
+    println!("{table}");
+}
+
+/// One progress bar per rule, on stderr, when it is a terminal.
+pub struct ProgressBars {
+    multi: Option<MultiProgress>,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+}
+
+impl ProgressBars {
+    /// Bars are drawn only when `enabled`.
+    pub fn new(enabled: bool) -> ProgressBars {
+        ProgressBars {
+            multi: enabled.then(MultiProgress::new),
+            bars: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Clears the bars.
+    pub fn finish(&self) {
+        if let Ok(bars) = self.bars.lock() {
+            for bar in bars.values() {
+                bar.finish_and_clear();
+            }
+        }
+    }
+}
+
+impl Progress for ProgressBars {
+    fn batch_done(&self, rule: &str, done: i64, expected: i64) {
+        let Some(multi) = &self.multi else { return };
+        let Ok(mut bars) = self.bars.lock() else {
+            return;
+        };
+        let bar = bars.entry(rule.to_string()).or_insert_with(|| {
+            let bar = multi.add(ProgressBar::new(expected.max(1) as u64));
+            if let Ok(style) = ProgressStyle::with_template(
+                "{prefix:>24} {bar:30} {pos}/{len} rows {per_sec} eta {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            bar.set_prefix(rule.to_string());
+            bar
+        });
+        bar.set_length(expected.max(done) as u64);
+        bar.set_position(done as u64);
+    }
+}

@@ -1,0 +1,291 @@
+//! Runs rules: prepare (the plan's numbers), record intent, execute in
+//! batches, record the outcome.
+//!
+//! A refused or failed rule does not stop the others. Cancellation is only
+//! ever honoured between batches, so a batch is either committed whole or
+//! rolled back, and the outcome record is always written.
+
+mod batches;
+
+use crate::audit::{AuditLog, Event};
+use crate::config::{Config, Rule};
+use crate::plan::{self, Outcome, PlanOptions, RuleReport};
+use crate::store::Stores;
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+pub use batches::Progress;
+
+/// Set to stop a run after its current batch.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// Asks running rules to stop after their current batch.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// True once cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Everything a run needs.
+pub struct Runner<'a> {
+    /// The rules file.
+    pub config: &'a Config,
+    /// Open stores.
+    pub stores: &'a Stores,
+    /// Where records go.
+    pub audit: &'a AuditLog,
+    /// `--at`, `--allow-large`.
+    pub options: PlanOptions,
+    /// Stop between batches.
+    pub cancel: Cancel,
+    /// Called after every batch.
+    pub progress: &'a (dyn Progress + Sync),
+}
+
+/// A run of several rules.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunReport {
+    /// When the run started.
+    #[serde(serialize_with = "ser_ts")]
+    pub at: DateTime<Utc>,
+    /// One report per rule.
+    pub rules: Vec<RuleReport>,
+}
+
+fn ser_ts<S: serde::Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::audit::record::format_ts(*ts))
+}
+
+impl Runner<'_> {
+    /// Records the config, then runs each rule in turn.
+    pub async fn run(&self, rules: &[&Rule]) -> RunReport {
+        let at = Utc::now();
+        let mut fields = Map::new();
+        fields.insert(
+            "config_sha256".into(),
+            self.config.source.sha256.clone().into(),
+        );
+        fields.insert(
+            "config_path".into(),
+            self.config.source.path.display().to_string().into(),
+        );
+        fields.insert("host".into(), host().into());
+        fields.insert("command".into(), "run".into());
+        let mut reports = Vec::new();
+        if let Err(e) = self
+            .audit
+            .append(&Event {
+                kind: "config_loaded",
+                fields,
+            })
+            .await
+        {
+            // Without a working audit log nothing may run.
+            for rule in rules {
+                let mut r = RuleReport::new(rule);
+                r.outcome = Outcome::Failed;
+                r.reason = Some(format!("audit log unavailable, nothing was run: {e}"));
+                reports.push(r);
+            }
+            return RunReport { at, rules: reports };
+        }
+        for rule in rules {
+            if self.cancel.is_cancelled() {
+                let mut r = RuleReport::new(rule);
+                r.outcome = Outcome::Interrupted;
+                r.reason = Some("not started: the run was interrupted".into());
+                reports.push(r);
+                continue;
+            }
+            reports.push(self.run_rule(rule).await);
+        }
+        RunReport { at, rules: reports }
+    }
+
+    /// Runs one rule: intent record, batches, outcome record.
+    pub async fn run_rule(&self, rule: &Rule) -> RuleReport {
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let started = Utc::now();
+        let prepared = plan::prepare(
+            self.config,
+            self.stores,
+            rule,
+            PlanOptions {
+                for_run: true,
+                ..self.options
+            },
+        )
+        .await;
+        let mut report = prepared.report;
+        report.run_id = Some(run_id.clone());
+        let intent = intent_event(self.config, rule, &report, &run_id, started);
+        if let Err(e) = self.audit.append(&intent).await {
+            report.outcome = Outcome::Failed;
+            report.reason = Some(format!("audit log unavailable, nothing was changed: {e}"));
+            return report;
+        }
+        match (report.outcome, prepared.resolved) {
+            (Outcome::Planned, Some(resolved)) => {
+                let pg = self.stores.postgres(&rule.store);
+                let cap = plan::cap(
+                    report.total,
+                    rule.settings.max_fraction,
+                    self.options.allow_large,
+                );
+                let done = match pg {
+                    Some(pg) => {
+                        batches::execute(
+                            pg,
+                            rule,
+                            &resolved,
+                            cap,
+                            &self.cancel,
+                            self.progress,
+                            report.matched,
+                        )
+                        .await
+                    }
+                    None => {
+                        batches::Executed::failed(format!("store `{}` is not open", rule.store))
+                    }
+                };
+                report.affected = Some(done.affected);
+                report.batches = done.batches;
+                if let Some(u) = report.unparsable.as_mut() {
+                    *u = done.unparsable;
+                }
+                report.outcome = done.outcome;
+                report.reason = done.reason;
+            }
+            (Outcome::WouldRefuse, _) => {
+                report.outcome = Outcome::Refused;
+                report.affected = Some(0);
+                report.batches = 0;
+            }
+            (_, _) => {
+                report.outcome = Outcome::Failed;
+                report.affected = Some(0);
+                report.batches = 0;
+            }
+        }
+        let outcome = outcome_event(rule, &report, &run_id, started, Utc::now());
+        if let Err(e) = self.audit.append(&outcome).await {
+            // The changes are committed; say loudly that their record is not.
+            tracing::error!(rule = %rule.name, run_id = %run_id, error = %e, "Could not write the outcome record.");
+            report.outcome = Outcome::Failed;
+            report.reason = Some(format!(
+                "{} (and the outcome record could not be written: {e})",
+                report.reason.unwrap_or_default()
+            ));
+        }
+        tracing::info!(
+            rule = %rule.name,
+            outcome = ?report.outcome,
+            matched = report.matched,
+            affected = report.affected.unwrap_or(0),
+            protected = report.protected,
+            batches = report.batches,
+            "Rule run finished."
+        );
+        report
+    }
+}
+
+fn rule_fields(rule: &Rule, report: &RuleReport, run_id: &str) -> Map<String, Value> {
+    let mut f = Map::new();
+    f.insert("run_id".into(), run_id.into());
+    f.insert("rule".into(), rule.name.clone().into());
+    f.insert("store".into(), rule.store.clone().into());
+    f.insert("target".into(), report.target.clone().into());
+    f.insert("action".into(), report.action.into());
+    f.insert("keep".into(), rule.keep.to_string().into());
+    if let Some(c) = report.cutoff {
+        f.insert("cutoff".into(), crate::audit::record::format_ts(c).into());
+    }
+    if let Some(d) = &rule.description {
+        f.insert("description".into(), d.clone().into());
+    }
+    if let Some(p) = &rule.policy_ref {
+        f.insert("policy_ref".into(), p.clone().into());
+    }
+    f
+}
+
+fn intent_event(
+    config: &Config,
+    rule: &Rule,
+    report: &RuleReport,
+    run_id: &str,
+    started: DateTime<Utc>,
+) -> Event {
+    let mut f = rule_fields(rule, report, run_id);
+    f.insert(
+        "planned".into(),
+        json!({"matched": report.matched, "protected": report.protected, "total": report.total, "batches": report.batches}),
+    );
+    f.insert("config_sha256".into(), config.source.sha256.clone().into());
+    f.insert(
+        "started".into(),
+        crate::audit::record::format_ts(started).into(),
+    );
+    f.insert("host".into(), host().into());
+    Event {
+        kind: "run_intent",
+        fields: f,
+    }
+}
+
+fn outcome_event(
+    rule: &Rule,
+    report: &RuleReport,
+    run_id: &str,
+    started: DateTime<Utc>,
+    finished: DateTime<Utc>,
+) -> Event {
+    let mut f = rule_fields(rule, report, run_id);
+    let outcome = serde_json::to_value(report.outcome).unwrap_or(Value::Null);
+    f.insert("outcome".into(), outcome);
+    if let Some(r) = &report.reason {
+        f.insert("reason".into(), r.clone().into());
+    }
+    let mut counts = json!({
+        "matched": report.matched,
+        "affected": report.affected.unwrap_or(0),
+        "protected": report.protected,
+        "batches": report.batches,
+    });
+    if let (Some(u), Some(obj)) = (report.unparsable, counts.as_object_mut()) {
+        obj.insert("unparsable".into(), u.into());
+    }
+    f.insert("counts".into(), counts);
+    f.insert(
+        "started".into(),
+        crate::audit::record::format_ts(started).into(),
+    );
+    f.insert(
+        "finished".into(),
+        crate::audit::record::format_ts(finished).into(),
+    );
+    Event {
+        kind: "run_outcome",
+        fields: f,
+    }
+}
+
+/// This process's host (the pod name under Kubernetes).
+pub fn host() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_string())
+}
