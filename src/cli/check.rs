@@ -8,7 +8,6 @@ use crate::store::postgres::{batch, resolve};
 use crate::store::Stores;
 use sqlx::{Connection, Executor, PgConnection};
 use std::io::IsTerminal;
-use std::ops::Range;
 use std::path::Path;
 
 pub async fn run(path: &Path, online: bool) -> i32 {
@@ -208,7 +207,7 @@ async fn check_store(
         }
         if let Err(e) = explain(conn, &format!("EXPLAIN {}", batch::count_sql(&resolved))).await {
             problems.push(Problem::new(
-                span_or(&rule.spans.rule),
+                rule.spans.rule.clone(),
                 format!("rule `{}`: its statement does not compile: {e}", rule.name),
                 "check the holds and guards on this table",
             ));
@@ -217,10 +216,6 @@ async fn check_store(
             notes.push(format!("rule `{}`: {n}", rule.name));
         }
     }
-}
-
-fn span_or(span: &Range<usize>) -> Range<usize> {
-    span.clone()
 }
 
 /// Plans (never runs) a statement in a read-only transaction.

@@ -247,11 +247,19 @@ fn settings(cx: &mut Ctx, base: &Settings, keys: &SettingsKeys) -> Settings {
         if let Some(text) = cx.string(v) {
             match cron::Schedule::from_str(&text) {
                 Ok(_) => s.schedule = text,
-                Err(e) => cx.err(
-                    v.span(),
-                    format!("invalid cron expression `{text}`: {e}"),
-                    "six fields, seconds first, UTC: \"sec min hour day-of-month month day-of-week\", e.g. \"0 */15 * * * *\"",
-                ),
+                Err(_) => {
+                    let fields = text.split_whitespace().count();
+                    let why = if (6..=7).contains(&fields) {
+                        "a field is out of range or malformed".to_string()
+                    } else {
+                        format!("it has {fields} fields, cron here has 6 (or 7 with a year)")
+                    };
+                    cx.err(
+                        v.span(),
+                        format!("invalid cron expression `{text}`: {why}"),
+                        "six fields, seconds first, UTC: \"sec min hour day-of-month month day-of-week\", e.g. \"0 */15 * * * *\"",
+                    )
+                }
             }
         }
     }
@@ -432,19 +440,19 @@ fn present_store_keys(st: &RawStore) -> Vec<(&'static str, Range<usize>)> {
     keys
 }
 
-/// Resolves a store reference; `want_sql` checks its kind.
+/// Resolves a store reference to a declared store. A store whose own section
+/// has problems still resolves, so the rules using it are checked too.
 fn store_ref(
     cx: &mut Ctx,
-    stores: &BTreeMap<String, StoreConfig>,
+    _stores: &BTreeMap<String, StoreConfig>,
     raw: &RawConfig,
     value: &SStr,
 ) -> Option<String> {
     let name = cx.string(value)?;
-    if stores.contains_key(&name) {
+    if raw.stores.contains_key(&name) {
         return Some(name);
     }
-    // A store that exists but failed validation already has its own problem.
-    if !raw.stores.contains_key(&name) {
+    {
         let known: Vec<&str> = raw.stores.keys().map(String::as_str).collect();
         cx.err(
             value.span(),
@@ -453,6 +461,24 @@ fn store_ref(
         );
     }
     None
+}
+
+/// The `type` a store declares, valid or not.
+fn declared_kind<'r>(raw: &'r RawConfig, name: &str) -> Option<&'r str> {
+    raw.stores
+        .get(name)?
+        .get_ref()
+        .kind
+        .as_ref()
+        .map(|k| k.get_ref().as_str())
+}
+
+/// True when the named store declares a blob type.
+fn declared_blob(raw: &RawConfig, name: &str) -> bool {
+    matches!(
+        declared_kind(raw, name),
+        Some("s3" | "azure_blob" | "filesystem")
+    )
 }
 
 fn audit(
@@ -465,7 +491,7 @@ fn audit(
     let a = a.get_ref();
     let store = match &a.store {
         Some(v) => store_ref(cx, stores, raw, v).and_then(|name| {
-            if matches!(stores.get(&name), Some(StoreConfig::Postgres { .. })) {
+            if declared_kind(raw, &name) == Some("postgres") {
                 Some(name)
             } else {
                 cx.err(
@@ -553,7 +579,7 @@ fn guards(
         let what = "guard";
         let store = sql_store(cx, stores, raw, &g.store, span.clone(), what);
         if let (Some(name), Some(v)) = (&store, &g.store) {
-            if stores.get(name).is_some_and(StoreConfig::is_blob) {
+            if declared_blob(raw, name) {
                 cx.err(
                     v.span(),
                     format!("guards apply to SQL tables; `{name}` is a blob store"),
@@ -604,10 +630,7 @@ fn holds(cx: &mut Ctx, raw: &RawConfig, stores: &BTreeMap<String, StoreConfig>) 
         let name = cx.required(&h.name, "name", span.clone(), what);
         let store = sql_store(cx, stores, raw, &h.store, span.clone(), what);
         let reason = cx.required(&h.reason, "reason", span.clone(), what);
-        let is_blob = store
-            .as_ref()
-            .and_then(|s| stores.get(s))
-            .is_some_and(StoreConfig::is_blob);
+        let is_blob = store.as_ref().is_some_and(|s| declared_blob(raw, s));
         let target = if is_blob {
             for (key, v) in [("table", &h.table), ("where", &h.filter)] {
                 if let Some(v) = v {
@@ -691,16 +714,16 @@ fn rules(
         let description = cx.opt_string(&r.description);
         let policy_ref = cx.opt_string(&r.policy_ref);
         let action = cx.required(&r.action, "action", span.clone(), what);
-        let store_cfg = store.as_ref().and_then(|s| stores.get(s));
+        let kind = store.as_ref().and_then(|s| declared_kind(raw, s));
         let mut spans = RuleSpans {
             rule: span.clone(),
             ..RuleSpans::default()
         };
-        let target = match store_cfg {
-            Some(cfg) if cfg.is_blob() => {
-                prefix_target(cx, r, cfg, action.as_deref(), span.clone())
+        let target = match kind {
+            Some(k @ ("s3" | "azure_blob" | "filesystem")) => {
+                prefix_target(cx, r, k, action.as_deref(), span.clone())
             }
-            Some(_) => table_target(
+            Some("postgres") => table_target(
                 cx,
                 raw,
                 stores,
@@ -709,7 +732,7 @@ fn rules(
                 span.clone(),
                 &mut spans,
             ),
-            None => None,
+            _ => None,
         };
         // A delete rule shorter than a guard on its table is a contradiction
         // in the policy itself: report it at check, not at run.
@@ -1008,7 +1031,7 @@ fn blob_link(
     let span = b.span();
     let link = b.get_ref();
     let store = sql_store(cx, stores, raw, &link.store, span.clone(), "blobs link")?;
-    if !stores.get(&store).is_some_and(StoreConfig::is_blob) {
+    if !declared_blob(raw, &store) {
         if let Some(v) = &link.store {
             cx.err(
                 v.span(),
@@ -1068,7 +1091,7 @@ pub fn template_columns(template: &str) -> Result<Vec<String>, String> {
 fn prefix_target(
     cx: &mut Ctx,
     r: &RawRule,
-    store: &StoreConfig,
+    kind: &str,
     action: Option<&str>,
     span: Range<usize>,
 ) -> Option<Target> {
@@ -1110,7 +1133,7 @@ fn prefix_target(
         }
     }
     let prefix = cx.required(&r.prefix, "prefix", span, "rule")?;
-    if let (StoreConfig::Filesystem { .. }, Some(v)) = (store, &r.prefix) {
+    if let ("filesystem", Some(v)) = (kind, &r.prefix) {
         if prefix.split('/').any(|seg| seg == ".." || seg == ".") || prefix.starts_with('/') {
             cx.err(
                 v.span(),

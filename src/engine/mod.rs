@@ -159,9 +159,6 @@ impl Runner<'_> {
                 };
                 report.affected = Some(done.affected);
                 report.batches = done.batches;
-                if let Some(u) = report.unparsable.as_mut() {
-                    *u = done.unparsable;
-                }
                 report.outcome = done.outcome;
                 report.reason = done.reason;
             }

@@ -1,7 +1,12 @@
 //! retentiond's integration tests: one binary, one module per area. Every
-//! database test runs against a real PostgreSQL started by `pg`.
+//! database test runs against a real PostgreSQL cluster started by `pg`.
 
+mod chain;
 mod pg;
 mod util;
 
-mod smoke;
+mod audit;
+mod config;
+mod delete;
+mod mask;
+mod online;

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 pub struct Cluster {
     pub port: u16,
-    pub bin: PathBuf,
 }
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
@@ -125,6 +124,8 @@ pub fn cluster() -> &'static Cluster {
             me = std::process::id(),
             dir = shell_quote(&[dir.display().to_string()]),
         );
+        // Not waited for: it lives as long as this process, by design.
+        #[allow(clippy::zombie_processes)]
         Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::null())
@@ -143,7 +144,7 @@ pub fn cluster() -> &'static Cluster {
             assert!(start.elapsed() < Duration::from_secs(60), "postgres did not start: {}", std::fs::read_to_string(dir.join("server.log")).unwrap_or_default());
             std::thread::sleep(Duration::from_millis(100));
         }
-        Cluster { port, bin }
+        Cluster { port }
     })
 }
 

@@ -43,7 +43,7 @@ pub struct ResolvedMask {
     pub unparsable: String,
     /// The UPDATE's SET list.
     pub set_list: String,
-    /// HMAC pads, bound as `$2, $3, ...` after the ctid array.
+    /// HMAC pads, bound as `$4, $5, ...` after the batch window and limit.
     pub params: Vec<Vec<u8>>,
 }
 
@@ -96,17 +96,13 @@ pub async fn resolve(
     let protected = match &rule.action {
         TableAction::Delete => {
             let guards = Protections::load(conn, config, store, at).await?;
-            guards
-                .of(
-                    conn,
-                    &table,
-                    &rule.table,
-                    "t",
-                    0,
-                    &mut notes,
-                    &mut vec![table.oid],
-                )
-                .await?
+            let mut walk = Walk {
+                path: vec![table.oid],
+                notes: Vec::new(),
+            };
+            let predicate = guards.of(conn, &table, &rule.table, &mut walk).await?;
+            notes = walk.notes;
+            predicate
         }
         // Guards are deletion floors; masking keeps the row. Holds preserve
         // evidence as it is, so they apply to masking too.
@@ -145,6 +141,14 @@ fn hold_predicates(config: &Config, store: &str, table: &TableName) -> Vec<Strin
         .row_holds_on(store, table)
         .map(|(_, filter)| sql::hold_covers(filter))
         .collect()
+}
+
+/// Where a walk down the cascade graph is, and what it found.
+struct Walk {
+    /// Table oids from the rule's table to the current one.
+    path: Vec<u32>,
+    /// Cascade paths into protected tables.
+    notes: Vec<String>,
 }
 
 /// Guards and holds of one store, with their tables resolved to oids and
@@ -191,18 +195,25 @@ impl<'a> Protections<'a> {
         Ok(Protections { guards, holds })
     }
 
-    /// The predicate (on `alias` of `table`) for rows that must not be
-    /// deleted: guarded or held themselves, or cascading into such rows.
+    /// The predicate for rows of `table` that must not be deleted: guarded
+    /// or held themselves, or cascading into such rows. `walk.path` holds the
+    /// tables from the rule's down to `table`; the rule's table is alias `t`,
+    /// the one at depth n is `cn`.
     async fn of(
         &self,
         conn: &mut PgConnection,
         table: &TableInfo,
         name: &TableName,
-        alias: &str,
-        depth: usize,
-        notes: &mut Vec<String>,
-        path: &mut Vec<u32>,
+        walk: &mut Walk,
     ) -> Result<String, SchemaError> {
+        let depth = walk.path.len().saturating_sub(1);
+        let alias = if depth == 0 {
+            "t".to_string()
+        } else {
+            format!("c{depth}")
+        };
+        let alias = alias.as_str();
+        let notes = &mut walk.notes;
         let mut parts = Vec::new();
         for (g, oid, cutoff) in &self.guards {
             if *oid == table.oid {
@@ -232,7 +243,7 @@ impl<'a> Protections<'a> {
             return Ok(sql::any_of(&parts));
         }
         for edge in schema::cascades_from(conn, table).await? {
-            if path.contains(&edge.child.oid) {
+            if walk.path.contains(&edge.child.oid) {
                 // A cycle of cascades: the rows on it are covered where the
                 // cycle started.
                 continue;
@@ -243,21 +254,12 @@ impl<'a> Protections<'a> {
                 ))
                 .into());
             }
-            path.push(edge.child.oid);
+            walk.path.push(edge.child.oid);
             let child_alias = format!("c{}", depth + 1);
-            let inner = Box::pin(self.of(
-                conn,
-                &edge.child,
-                &edge.child_name,
-                &child_alias,
-                depth + 1,
-                notes,
-                path,
-            ))
-            .await?;
-            path.pop();
+            let inner = Box::pin(self.of(conn, &edge.child, &edge.child_name, walk)).await?;
+            walk.path.pop();
             if inner != "false" {
-                notes.push(format!(
+                walk.notes.push(format!(
                     "{name} → {} via ON DELETE CASCADE ({})",
                     edge.child_name, edge.constraint
                 ));
@@ -317,8 +319,8 @@ fn mask_sql(
         }
         let placeholders = if let MaskStrategy::Hmac { key } = strategy {
             let (ipad, opad) = sql::hmac_pads(key);
-            // $1 is the ctid array; the pads follow in push order.
-            let first = params.len() + 2;
+            // $1..$3 are the batch window and limit; the pads follow.
+            let first = params.len() + 4;
             params.push(ipad);
             params.push(opad);
             Some((format!("${first}::bytea"), format!("${}::bytea", first + 1)))

@@ -1,0 +1,136 @@
+//! The audit log: append-only, one gapless valid chain under concurrent
+//! writers, records that say what happened.
+
+use crate::chain;
+use crate::pg::TestDb;
+use crate::util::*;
+use retentiond::audit::key::{load_public, Signer};
+use retentiond::audit::{AuditLog, Event};
+use serde_json::Map;
+
+#[tokio::test]
+async fn audit_concurrent_writers_leave_one_gapless_valid_chain() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public, _) = retentiond::audit::key::generate(dir.path()).unwrap();
+    let mut tasks = Vec::new();
+    for writer in 0..4 {
+        let url = db.url.clone();
+        let private = private.clone();
+        tasks.push(tokio::spawn(async move {
+            // Each writer has its own pool, as separate processes would.
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(2)
+                .connect(&url)
+                .await
+                .unwrap();
+            let log = AuditLog::open(pool, Signer::load(&private).unwrap(), None)
+                .await
+                .unwrap();
+            for i in 0..25 {
+                let mut fields = Map::new();
+                fields.insert("writer".into(), writer.into());
+                fields.insert("i".into(), i.into());
+                log.append(&Event {
+                    kind: "test",
+                    fields,
+                })
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let records = chain::assert_valid(&db.pool, &load_public(&public).unwrap()).await;
+    assert_eq!(records.len(), 100);
+}
+
+#[tokio::test]
+async fn audit_log_refuses_update_delete_truncate() {
+    let env = Env::new().await;
+    env.db.exec("CREATE TABLE t (id int primary key, at timestamptz); INSERT INTO t VALUES (1, now() - interval '9 days');").await;
+    let cfg = env.config("[[rules]]\nname = \"r\"\nstore = \"app\"\ntable = \"t\"\nage = \"at\"\nkeep = \"1d\"\naction = \"delete\"\nmax_fraction = 1.0\n");
+    assert_eq!(json_cmd("run", &cfg, &[]).code, 0);
+    for sql in [
+        "UPDATE retentiond.audit_log SET kind = 'x'",
+        "DELETE FROM retentiond.audit_log WHERE seq = 2",
+        "TRUNCATE retentiond.audit_log",
+    ] {
+        let err = sqlx::query(sql).execute(&env.db.pool).await.expect_err(sql);
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    let records = chain::assert_valid(&env.db.pool, &load_public(&env.public_key).unwrap()).await;
+    assert_eq!(records.len(), 3);
+    let intent = chain::of(&records, "run_intent", "r")[0];
+    for field in [
+        "run_id",
+        "store",
+        "target",
+        "action",
+        "cutoff",
+        "planned",
+        "config_sha256",
+        "started",
+        "host",
+        "keep",
+    ] {
+        assert!(intent.get(field).is_some(), "intent has {field}: {intent}");
+    }
+    let outcome = chain::of(&records, "run_outcome", "r")[0];
+    for field in [
+        "run_id", "counts", "started", "finished", "outcome", "cutoff",
+    ] {
+        assert!(
+            outcome.get(field).is_some(),
+            "outcome has {field}: {outcome}"
+        );
+    }
+    assert_eq!(intent["run_id"], outcome["run_id"]);
+}
+
+#[tokio::test]
+async fn audit_migrate_is_idempotent_and_runtime_role_needs_no_ddl() {
+    let env = Env::new().await;
+    env.db.exec("CREATE TABLE t (id int primary key, at timestamptz); INSERT INTO t SELECT i, now() - interval '9 days' FROM generate_series(1, 3) i;").await;
+    let cfg = env.config("");
+    for _ in 0..2 {
+        let out = retentiond(&["migrate", "-c", &cfg.display().to_string()], &[]);
+        assert_eq!(out.code, 0, "{out}");
+    }
+    // A runtime role with only the documented grants can run rules.
+    env.db
+        .exec(&format!(
+            "CREATE ROLE runtime LOGIN;
+         GRANT USAGE ON SCHEMA retentiond TO runtime;
+         GRANT SELECT, INSERT ON retentiond.audit_log TO runtime;
+         GRANT SELECT ON retentiond._sqlx_migrations TO runtime;
+         GRANT SELECT, DELETE ON t TO runtime;
+         REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+         REVOKE CREATE ON DATABASE {} FROM PUBLIC;",
+            env.db.name
+        ))
+        .await;
+    let url = env.db.url.replace("postgres@", "runtime@");
+    let text = format!(
+        "[audit]\nstore = \"app\"\nsigning_key = \"{}\"\n[stores.app]\ntype = \"postgres\"\nurl = \"{url}\"\n[[rules]]\nname = \"r\"\nstore = \"app\"\ntable = \"t\"\nage = \"at\"\nkeep = \"1d\"\naction = \"delete\"\nmax_fraction = 1.0\n",
+        env.key.display()
+    );
+    let cfg = env.write("runtime.toml", &text);
+    let run = json_cmd("run", &cfg, &[]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.rule("r")["affected"], 3);
+}
+
+#[test]
+fn audit_keygen_writes_a_pair_and_refuses_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("keys").display().to_string();
+    let out = retentiond(&["keygen", "--out", &out_dir], &[]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("key id "), "{out}");
+    let again = retentiond(&["keygen", "--out", &out_dir], &[]);
+    assert_eq!(again.code, 1, "{again}");
+    assert!(again.stderr.contains("refusing to overwrite"), "{again}");
+}
