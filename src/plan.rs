@@ -217,15 +217,11 @@ pub async fn prepare(
 ) -> Prepared {
     let report = RuleReport::new(rule);
     let table = match &rule.target {
-        Target::Table(t) if t.blobs.is_none() => t,
-        Target::Table(_) => {
-            return report.refuse(
-                "this rule deletes blobs with its rows (`blobs`); blob stores are not executed by this build yet, \
-                 and deleting the rows alone would orphan the objects",
-            )
-        }
+        Target::Table(t) => t,
         Target::Prefix(_) => {
-            return report.refuse("blob stores (s3, azure_blob, filesystem) are not executed by this build yet")
+            return report.refuse(
+                "blob stores (s3, azure_blob, filesystem) are not executed by this build yet",
+            )
         }
     };
     let Some(pg) = stores.postgres(&rule.store) else {
@@ -278,6 +274,17 @@ pub async fn prepare(
     ) {
         return report.refuse(reason);
     }
+    if let Some(reason) = mostly_unparsable(&counts, table) {
+        return report.refuse(reason);
+    }
+    if table.blobs.is_some() {
+        // Counted above so the plan shows what is due; deleting the rows
+        // alone would orphan their objects and lose the keys that name them.
+        return report.refuse(
+            "this rule deletes blobs with its rows (`blobs`); blob stores are not executed by this build yet, \
+             and deleting the rows alone would orphan the objects",
+        );
+    }
     Prepared {
         report,
         resolved: Some(resolved),
@@ -313,6 +320,26 @@ fn cap_exceeded(
             counts.matched,
             counts.total,
             100.0 * counts.matched as f64 / counts.total.max(1) as f64
+        )
+    })
+}
+
+/// `ip_prefix` replaces text that is not an IP address. When most of the
+/// rows to mask hold such text, the column is probably not what the rule
+/// thinks it is (an email column, say): refuse rather than wipe it.
+fn mostly_unparsable(counts: &Counts, table: &crate::config::TableRule) -> Option<String> {
+    let crate::config::TableAction::Mask(spec) = &table.action else {
+        return None;
+    };
+    if spec.on_unparsable != crate::config::OnUnparsable::Replace || counts.unparsable == 0 {
+        return None;
+    }
+    (counts.unparsable * 2 > counts.matched).then(|| {
+        format!(
+            "{} of the {} rows to mask hold text that is not an IP address, which ip_prefix would replace; \
+             check that `columns` names IP address columns (use hmac to pseudonymise other text), \
+             or set on_unparsable = \"keep\"",
+            counts.unparsable, counts.matched
         )
     })
 }

@@ -195,7 +195,7 @@ pg_start() {
             chown postgres:postgres "$dir/server.log"
         fi
         if ! _pg_run "$dir" pg_ctl -D "$dir/data" -l "$dir/server.log" -W \
-            -o "-p $port -k '$dir' -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+            -o "-p $port -k '$dir' -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off ${PG_EXTRA_OPTS:-}" \
             start >/dev/null; then
             cat -- "$dir/server.log" >&2 || true
             die "pg_ctl start failed (server log above: $dir/server.log)"

@@ -2,7 +2,8 @@
 //! databases whether every table, column, type, `where` and guard is real.
 
 use super::{exit, load};
-use crate::config::{Config, ConfigError, Problem, Target};
+use crate::config::validate::template_columns;
+use crate::config::{BlobLocator, Config, ConfigError, Problem, Target};
 use crate::store::postgres::schema::{self, Field, SchemaError};
 use crate::store::postgres::{batch, resolve};
 use crate::store::Stores;
@@ -211,6 +212,25 @@ async fn check_store(
                 format!("rule `{}`: its statement does not compile: {e}", rule.name),
                 "check the holds and guards on this table",
             ));
+        }
+        if let Some(link) = &t.blobs {
+            let columns = match &link.locator {
+                BlobLocator::KeyColumn(c) => vec![c.clone()],
+                BlobLocator::PrefixTemplate(tpl) => template_columns(tpl).unwrap_or_default(),
+            };
+            for c in columns
+                .iter()
+                .filter(|c| !resolved.table.columns.contains_key(*c))
+            {
+                problems.push(Problem::new(
+                    rule.spans.rule.clone(),
+                    format!(
+                        "rule `{}`: `blobs` names column {}.{c}, which does not exist",
+                        rule.name, t.table
+                    ),
+                    "fix `key_column` or the {column} in `prefix_template`",
+                ));
+            }
         }
         for n in &resolved.notes {
             notes.push(format!("rule `{}`: {n}", rule.name));

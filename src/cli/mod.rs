@@ -385,10 +385,16 @@ async fn migrate_cmd(path: &std::path::Path) -> i32 {
             format!("audit store `{}` is not a postgres store", audit_cfg.store),
         );
     };
+    let before = audit::log::is_migrated(&pg.pool).await.unwrap_or(false);
     match audit::log::migrate(&pg.pool).await {
         Ok(()) => {
+            let what = if before {
+                "was already up to date"
+            } else {
+                "has been created or updated"
+            };
             println!(
-                "audit schema `retentiond` is up to date in store `{}`",
+                "audit schema `retentiond` {what} in store `{}`",
                 audit_cfg.store
             );
             exit::OK
@@ -430,12 +436,18 @@ async fn audit_log_cmd(
     .bind(limit)
     .fetch_all(&pg.pool)
     .await;
-    match rows {
-        Ok(rows) => {
+    let total: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM retentiond.audit_log")
+        .fetch_one(&pg.pool)
+        .await;
+    match (rows, total) {
+        (Ok(rows), Ok(total)) => {
             output::print_audit(rows.iter().map(|(r,)| r.as_str()));
+            if (rows.len() as i64) < total {
+                println!("showing {} of {total} records (the newest that match); use --limit, --rule or --since", rows.len());
+            }
             exit::OK
         }
-        Err(e) => fail(
+        (Err(e), _) | (_, Err(e)) => fail(
             exit::FAILED,
             format!("reading retentiond.audit_log: {e} (has `retentiond migrate` run?)"),
         ),

@@ -11,7 +11,7 @@ pub mod duration;
 pub mod interpolate;
 #[allow(missing_docs)] // mirrors the file's keys, documented in README.md
 pub mod raw;
-mod validate;
+pub mod validate;
 
 pub use diagnostic::{ConfigError, Problem};
 pub use duration::Keep;

@@ -159,7 +159,11 @@ async fn mask_hmac_is_keyed_stable_and_idempotent() {
                 pseudonym(key, "203.0.113.7"),
                 pseudonym(key, "2001:db8::1")
             ),
-            format!("{}|NULL", pseudonym(key, "198.51.100.1")),
+            format!(
+                "{}|hmac:{}",
+                pseudonym(key, "198.51.100.1"),
+                hex::encode(&hmac_sha256(key, b"garbage")[..16])
+            ),
         ]
     );
     let again = json_cmd("run", &cfg, &[]);
@@ -168,6 +172,81 @@ async fn mask_hmac_is_keyed_stable_and_idempotent() {
         0,
         "pseudonyms are recognised as masked: {again}"
     );
+}
+
+#[tokio::test]
+async fn mask_ip_prefix_refuses_a_column_that_is_not_ip_addresses() {
+    let env = Env::new().await;
+    env.db.exec(
+        "CREATE TABLE users (id int primary key, at timestamptz, email text, ip text);
+         INSERT INTO users SELECT i, now() - interval '40 days', 'user' || i || '@example.com', '192.0.2.' || i FROM generate_series(1, 10) i;",
+    )
+    .await;
+    let cfg = env.config(&format!(
+        "{}{}",
+        mask_rule("wrong", "users", "{ email = \"ip_prefix\" }", ""),
+        mask_rule(
+            "email-pseudonym",
+            "users",
+            "{ email = { strategy = \"hmac\", key_env = \"MASK_KEY\" } }",
+            ""
+        )
+    ));
+    let cfg_s = cfg.display().to_string();
+    let run = retentiond(
+        &["run", "-c", &cfg_s, "--format", "json", "--rule", "wrong"],
+        &[("MASK_KEY", "k")],
+    );
+    assert_eq!(run.code, 3, "{run}");
+    assert!(
+        run.rule("wrong")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not an IP address"),
+        "{run}"
+    );
+    assert_eq!(
+        env.db
+            .count("SELECT count(*) FROM users WHERE email LIKE '%@example.com'")
+            .await,
+        10,
+        "nothing wiped"
+    );
+    // hmac pseudonymises any text, stably.
+    let run = retentiond(
+        &[
+            "run",
+            "-c",
+            &cfg_s,
+            "--format",
+            "json",
+            "--rule",
+            "email-pseudonym",
+        ],
+        &[("MASK_KEY", "k")],
+    );
+    assert_eq!(run.code, 0, "{run}");
+    let expected = format!(
+        "hmac:{}",
+        hex::encode(&hmac_sha256(b"k", b"user1@example.com")[..16])
+    );
+    assert_eq!(
+        env.db.strings("SELECT email FROM users WHERE id = 1").await,
+        [expected]
+    );
+    let again = retentiond(
+        &[
+            "run",
+            "-c",
+            &cfg_s,
+            "--format",
+            "json",
+            "--rule",
+            "email-pseudonym",
+        ],
+        &[("MASK_KEY", "k")],
+    );
+    assert_eq!(again.rule("email-pseudonym")["affected"], 0, "{again}");
 }
 
 #[tokio::test]

@@ -179,13 +179,28 @@ fn inet_text(v: &str) -> String {
     format!("(CASE WHEN masklen({v}) = (CASE family({v}) WHEN 4 THEN 32 ELSE 128 END) THEN host({v}) ELSE text({v}) END)")
 }
 
+/// HMAC-SHA-256 of `bytes` (a `bytea` expression) with the bound pads.
+fn hmac(bytes: &str, ipad: &str, opad: &str) -> String {
+    format!("sha256({opad} || sha256({ipad} || {bytes}))")
+}
+
 /// The HMAC pseudonym of an `inet` as an address in [`HMAC_NETWORK`]:
 /// 96 bits of HMAC-SHA-256 over the canonical address text.
 fn hmac_inet(v: &str, ipad: &str, opad: &str) -> String {
+    let h = hmac(&format!("convert_to(host({v}), 'UTF8')"), ipad, opad);
     format!(
-        "('fd72:6574:' || regexp_replace(encode(substring(sha256({opad} || sha256({ipad} || convert_to(host({v}), 'UTF8'))) FROM 1 FOR 12), 'hex'), '(.{{4}})(?!$)', '\\1:', 'g'))::inet"
+        "('fd72:6574:' || regexp_replace(encode(substring({h} FROM 1 FOR 12), 'hex'), '(.{{4}})(?!$)', '\\1:', 'g'))::inet"
     )
 }
+
+/// The HMAC pseudonym of any other text: `hmac:` and 128 bits in hex.
+fn hmac_text(v: &str, ipad: &str, opad: &str) -> String {
+    let h = hmac(&format!("convert_to({v}, 'UTF8')"), ipad, opad);
+    format!("('hmac:' || encode(substring({h} FROM 1 FOR 16), 'hex'))")
+}
+
+/// A value [`hmac_text`] produced.
+const HMAC_TEXT_PATTERN: &str = "^hmac:[0-9a-f]{32}$";
 
 /// Builds the SQL for one masked column of alias `t`. `params` are the
 /// placeholders (`$n`) of the HMAC pads when the strategy is `hmac`.
@@ -232,19 +247,27 @@ pub fn column_mask(
             format!("({c} IS NULL OR {c} <<= '{HMAC_NETWORK}'::cidr)"),
             format!("({})::cidr", hmac_inet(&format!("{c}::inet"), ipad, opad)),
         ),
-        (strategy, _) => {
-            // Text holding IP addresses; anything else was refused earlier.
+        (MaskStrategy::Hmac { .. }, _) => {
+            // Text: an IP address gets an address pseudonym (still an IP to
+            // downstream parsers); any other text, e.g. an email, a text one.
             let p = format!("{PARSE_INET}({c})");
-            let (done, value) = match strategy {
-                MaskStrategy::Hmac { .. } => (
-                    format!("{p} <<= '{HMAC_NETWORK}'::inet"),
-                    format!("host({})", hmac_inet(&p, ipad, opad)),
+            simple(
+                format!("({c} IS NULL OR coalesce({p} <<= '{HMAC_NETWORK}'::inet, false) OR {c} ~ '{HMAC_TEXT_PATTERN}')"),
+                format!(
+                    "(CASE WHEN {p} IS NOT NULL THEN host({}) ELSE {} END)",
+                    hmac_inet(&p, ipad, opad),
+                    hmac_text(&c, ipad, opad)
                 ),
-                _ => (
-                    format!("{c} = {}", inet_text(&prefix_inet(&p))),
-                    inet_text(&prefix_inet(&p)),
-                ),
-            };
+            )
+        }
+        (_, _) => {
+            // ip_prefix on text holding IP addresses; other kinds were
+            // refused when the rule was resolved.
+            let p = format!("{PARSE_INET}({c})");
+            let (done, value) = (
+                format!("{c} = {}", inet_text(&prefix_inet(&p))),
+                inet_text(&prefix_inet(&p)),
+            );
             let replacement = if not_null { "'redacted'" } else { "NULL" };
             let (masked_unparsable, unparsable) = match (on_unparsable, not_null) {
                 (OnUnparsable::Keep, _) => (
