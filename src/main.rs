@@ -7,8 +7,14 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_env("RETENTIOND_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    // Text output already shows every rule's result in a table; JSON logs are
+    // for shipping, where the per-rule events are the point.
+    let default = match cli.log_format {
+        LogFormat::Json => "info,sqlx=warn",
+        LogFormat::Text => "warn",
+    };
+    let filter =
+        EnvFilter::try_from_env("RETENTIOND_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
