@@ -1,10 +1,11 @@
-//! The batch loop of a table rule: walk each leaf's heap in ctid windows,
-//! changing at most `batch_size` rows per short transaction.
+//! The batch loop of a table rule: walk each leaf's heap in windows of pages,
+//! changing at most `batch_size` rows (or one page's rows, when a page holds
+//! more) per short transaction.
 
 use super::Cancel;
 use crate::config::Rule;
 use crate::plan::{describe_db_error, Outcome};
-use crate::store::postgres::batch::{self, BatchResult, Tid};
+use crate::store::postgres::batch;
 use crate::store::postgres::resolve::ResolvedRule;
 use crate::store::postgres::{schema, PgStore};
 use sqlx::Connection;
@@ -60,8 +61,15 @@ impl Executed {
     }
 }
 
-/// A batch was rolled back because committing it would pass the cap.
-struct OverCap(i64);
+/// How one batch attempt ended.
+enum Attempt {
+    /// Committed this many changed rows.
+    Committed(i64),
+    /// Rolled back: it changed this many rows, more than the batch size.
+    TooLarge(i64),
+    /// Rolled back: committing would pass the run's cap.
+    OverCap(i64),
+}
 
 /// Executes a resolved rule. `cap` is the most rows the run may change.
 pub async fn execute(
@@ -79,18 +87,16 @@ pub async fn execute(
         outcome: Outcome::Ok,
         reason: None,
     };
-    let limit = rule.settings.batch_size;
+    let limit = i64::from(rule.settings.batch_size);
     for leaf in &resolved.leaves {
         let (pages, per_page) = match heap_size(pg, leaf).await {
             Ok(s) => s,
             Err(e) => return done.stop(Outcome::Failed, describe_db_error(&e)),
         };
-        // Start with a window that holds about two batches of rows if every
-        // row matched; it doubles while windows come back half empty.
-        let mut window =
-            ((2.0 * f64::from(limit) / per_page).ceil() as u32).clamp(8, MAX_WINDOW_PAGES);
-        let mut lo = Tid::page(0);
-        while lo.block < pages {
+        // A window that holds about one batch of rows if every row matched.
+        let mut window = ((limit as f64 / per_page).floor() as u32).clamp(1, MAX_WINDOW_PAGES);
+        let mut lo = 0u32;
+        while lo < pages {
             if cancel.is_cancelled() {
                 let reason = format!(
                     "interrupted after {} batches; a rerun resumes",
@@ -98,15 +104,28 @@ pub async fn execute(
                 );
                 return done.stop(Outcome::Interrupted, reason);
             }
-            let hi = Tid::page(lo.block.saturating_add(window).min(pages));
+            let hi = lo.saturating_add(window).min(pages);
             let remaining = cap.map(|c| c - done.affected);
-            let result = match batch_with_retries(
-                pg, rule, resolved, leaf, lo, hi, limit, remaining,
-            )
-            .await
-            {
-                Ok(Ok(r)) => r,
-                Ok(Err(OverCap(changed))) => {
+            match batch_with_retries(pg, rule, resolved, leaf, (lo, hi), limit, remaining).await {
+                Ok(Attempt::Committed(changed)) => {
+                    if changed > 0 {
+                        done.batches += 1;
+                        done.affected += changed;
+                        progress.batch_done(&rule.name, done.affected, expected);
+                    }
+                    lo = hi;
+                    if changed < limit / 2 {
+                        window = window.saturating_mul(2).min(MAX_WINDOW_PAGES);
+                    }
+                }
+                Ok(Attempt::TooLarge(changed)) => {
+                    // Denser than the window assumed: shrink it to fit and
+                    // redo the same pages.
+                    let fit =
+                        (u64::from(hi - lo) * limit as u64 * 9 / 10 / changed.max(1) as u64) as u32;
+                    window = fit.clamp(1, hi - lo - 1);
+                }
+                Ok(Attempt::OverCap(changed)) => {
                     let reason = format!(
                         "stopped before passing the max_fraction cap ({} rows): {} rows changed, the next batch of {changed} \
                          was rolled back; the table changed since the plan, check the rule",
@@ -116,20 +135,6 @@ pub async fn execute(
                     return done.stop(Outcome::Refused, reason);
                 }
                 Err(e) => return done.stop(Outcome::Failed, describe_db_error(&e)),
-            };
-            if result.changed > 0 {
-                done.batches += 1;
-                done.affected += result.changed;
-                progress.batch_done(&rule.name, done.affected, expected);
-            }
-            match result.last {
-                Some(last) if result.selected >= i64::from(limit) => lo = last.next(),
-                _ => {
-                    lo = hi;
-                    if result.selected < i64::from(limit / 2) {
-                        window = window.saturating_mul(2).min(MAX_WINDOW_PAGES);
-                    }
-                }
             }
         }
     }
@@ -156,20 +161,18 @@ fn is_retryable(e: &sqlx::Error) -> bool {
         .is_some_and(|c| c == "40001" || c == "40P01")
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn batch_with_retries(
     pg: &PgStore,
     rule: &Rule,
     resolved: &ResolvedRule,
     leaf: &str,
-    lo: Tid,
-    hi: Tid,
-    limit: u32,
+    window: (u32, u32),
+    limit: i64,
     remaining: Option<i64>,
-) -> Result<Result<BatchResult, OverCap>, sqlx::Error> {
+) -> Result<Attempt, sqlx::Error> {
     let mut attempt = 0;
     loop {
-        match one_batch(pg, rule, resolved, leaf, lo, hi, limit, remaining).await {
+        match one_batch(pg, rule, resolved, leaf, window, limit, remaining).await {
             Err(e) if is_retryable(&e) && attempt < MAX_RETRIES => {
                 attempt += 1;
                 tracing::debug!(rule = %rule.name, attempt, error = %e, "Batch conflicted with another transaction; retrying.");
@@ -181,17 +184,15 @@ async fn batch_with_retries(
 }
 
 /// One batch in one REPEATABLE READ transaction with local timeouts.
-#[allow(clippy::too_many_arguments)]
 async fn one_batch(
     pg: &PgStore,
     rule: &Rule,
     resolved: &ResolvedRule,
     leaf: &str,
-    lo: Tid,
-    hi: Tid,
-    limit: u32,
+    (lo, hi): (u32, u32),
+    limit: i64,
     remaining: Option<i64>,
-) -> Result<Result<BatchResult, OverCap>, sqlx::Error> {
+) -> Result<Attempt, sqlx::Error> {
     let mut conn = pg.pool.acquire().await?;
     let mut tx = conn.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -204,11 +205,17 @@ async fn one_batch(
     .bind(format!("{}ms", rule.settings.statement_timeout.as_millis()))
     .execute(&mut *tx)
     .await?;
-    let result = batch::change(&mut tx, resolved, leaf, lo, hi, limit).await?;
-    if remaining.is_some_and(|r| result.changed > r) {
+    let changed = batch::change(&mut tx, resolved, leaf, lo, hi).await?;
+    // One page is the smallest window: its rows are a batch even when a page
+    // holds more than batch_size of them.
+    if changed > limit && hi - lo > 1 {
         tx.rollback().await?;
-        return Ok(Err(OverCap(result.changed)));
+        return Ok(Attempt::TooLarge(changed));
+    }
+    if remaining.is_some_and(|r| changed > r) {
+        tx.rollback().await?;
+        return Ok(Attempt::OverCap(changed));
     }
     tx.commit().await?;
-    Ok(Ok(result))
+    Ok(Attempt::Committed(changed))
 }

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-pub use batches::Progress;
+pub use batches::{execute as execute_rule_batches, Executed, Progress};
 
 /// Set to stop a run after its current batch.
 #[derive(Debug, Clone, Default)]

@@ -606,3 +606,59 @@ async fn delete_sigint_stops_between_batches_and_records_interrupted() {
     assert_eq!(outcomes[0]["outcome"], "interrupted");
     assert_eq!(outcomes[0]["counts"]["affected"], affected);
 }
+
+/// Records every committed batch's size from the cumulative counts.
+#[derive(Default)]
+struct BatchSizes(std::sync::Mutex<Vec<i64>>);
+
+impl retentiond::engine::Progress for BatchSizes {
+    fn batch_done(&self, _rule: &str, done: i64, _expected: i64) {
+        let mut v = self.0.lock().unwrap();
+        let before: i64 = v.iter().sum();
+        v.push(done - before);
+    }
+}
+
+#[tokio::test]
+async fn delete_batches_never_exceed_batch_size_when_density_jumps() {
+    let env = Env::new().await;
+    // 30,000 rows where one in 50 is expired, then 10,000 expired rows:
+    // sparse windows grow, then meet a dense region.
+    env.db.exec(
+        "CREATE TABLE t (id bigserial primary key, at timestamptz not null);
+         INSERT INTO t (at) SELECT CASE WHEN i % 50 = 0 THEN now() - interval '40 days' ELSE now() END FROM generate_series(1, 30000) i;
+         INSERT INTO t (at) SELECT now() - interval '40 days' FROM generate_series(1, 10000);",
+    )
+    .await;
+    let cfg = env.config(&rule(
+        "t",
+        "t",
+        "at",
+        "30d",
+        "batch_size = 200\nmax_fraction = 1.0",
+    ));
+    let config = retentiond::config::Config::load(&cfg).unwrap();
+    let stores = retentiond::store::Stores::open(&config).unwrap();
+    let rule = &config.rules[0];
+    let prepared = retentiond::plan::prepare(&config, &stores, rule, Default::default()).await;
+    assert_eq!(prepared.report.matched, 10_600);
+    let sizes = BatchSizes::default();
+    let done = retentiond::engine::execute_rule_batches(
+        stores.postgres("app").unwrap(),
+        rule,
+        prepared.resolved.as_ref().unwrap(),
+        None,
+        &retentiond::engine::Cancel::default(),
+        &sizes,
+        prepared.report.matched,
+    )
+    .await;
+    assert_eq!(done.affected, 10_600, "{done:?}");
+    let sizes = sizes.0.into_inner().unwrap();
+    assert!(
+        sizes.iter().all(|s| *s <= 200),
+        "a batch exceeded batch_size: {sizes:?}"
+    );
+    assert_eq!(sizes.iter().sum::<i64>(), 10_600);
+    assert_eq!(env.db.count("SELECT count(*) FROM t").await, 29_400);
+}

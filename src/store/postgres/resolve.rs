@@ -43,7 +43,7 @@ pub struct ResolvedMask {
     pub unparsable: String,
     /// The UPDATE's SET list.
     pub set_list: String,
-    /// HMAC pads, bound as `$4, $5, ...` after the batch window and limit.
+    /// HMAC pads, bound as `$3, $4, ...` after the batch window.
     pub params: Vec<Vec<u8>>,
 }
 
@@ -319,8 +319,8 @@ fn mask_sql(
         }
         let placeholders = if let MaskStrategy::Hmac { key } = strategy {
             let (ipad, opad) = sql::hmac_pads(key);
-            // $1..$3 are the batch window and limit; the pads follow.
-            let first = params.len() + 4;
+            // $1, $2 are the batch window; the pads follow.
+            let first = params.len() + 3;
             params.push(ipad);
             params.push(opad);
             Some((format!("${first}::bytea"), format!("${}::bytea", first + 1)))

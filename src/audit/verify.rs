@@ -1,0 +1,327 @@
+//! Offline verification of an audit log: signatures, the hash chain, gapless
+//! `seq`, and (with a checkpoint) truncation of the tail.
+//!
+//! Records are checked in chunks: parsing, canonical form, hashing and
+//! Ed25519 batch verification run in parallel (rayon) within a chunk; the
+//! chain is then walked in order. Memory is bounded by the chunk size. The
+//! first problem stops the walk and is reported with its `seq` and one reason
+//! of [`Reason`]. `docs/audit-format.md` states the same rules for
+//! third-party verifiers.
+
+use super::record::{canonical, sha256_hex, GENESIS};
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use rayon::prelude::*;
+use serde_json::Value;
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+
+/// Public keys by key id.
+#[derive(Debug, Default, Clone)]
+pub struct Keyring {
+    keys: HashMap<String, VerifyingKey>,
+}
+
+impl Keyring {
+    /// Adds a key.
+    pub fn add(&mut self, key: VerifyingKey) {
+        self.keys.insert(super::key::key_id(&key), key);
+    }
+
+    /// The key with this id.
+    pub fn get(&self, key_id: &str) -> Option<&VerifyingKey> {
+        self.keys.get(key_id)
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// Why a log does not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The record (or a stored column) differs from what was signed and chained.
+    Edited,
+    /// Records are missing before this seq.
+    Removed,
+    /// Records are out of order.
+    Reordered,
+    /// The log ends before a checkpoint's seq.
+    Truncated,
+    /// Signed by a key not in the keyring.
+    UnknownKey,
+    /// The signature does not verify under the named key.
+    BadSignature,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reason::Edited => "edited",
+            Reason::Removed => "removed",
+            Reason::Reordered => "reordered",
+            Reason::Truncated => "truncated",
+            Reason::UnknownKey => "unknown key",
+            Reason::BadSignature => "bad signature",
+        })
+    }
+}
+
+/// The first problem found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("seq {seq}: {reason}: {detail}")]
+pub struct Invalid {
+    /// The first bad seq.
+    pub seq: i64,
+    /// What is wrong.
+    pub reason: Reason,
+    /// Details for a person.
+    pub detail: String,
+}
+
+/// What a successful verification proved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Proof {
+    /// First and last seq verified (None when empty).
+    pub range: Option<(i64, i64)>,
+    /// Records verified.
+    pub count: u64,
+    /// `prev` of the first record: ties a sub-range to earlier records.
+    pub first_prev: String,
+    /// Hash of the last record.
+    pub head: String,
+    /// Keys that signed the records.
+    pub key_ids: BTreeSet<String>,
+    /// The checkpoint's seq, when one was checked.
+    pub checkpoint: Option<i64>,
+}
+
+/// A stored record: its line, plus the database columns when read from one.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The canonical line.
+    pub line: String,
+    /// Columns that must agree with the line (`seq`, `ts`, ...), if any.
+    pub columns: Option<Columns>,
+}
+
+/// `retentiond.audit_log` columns besides `record`.
+#[derive(Debug, Clone)]
+pub struct Columns {
+    /// `seq`.
+    pub seq: i64,
+    /// `ts`, formatted as records format it.
+    pub ts: String,
+    /// `kind`.
+    pub kind: String,
+    /// `rule`.
+    pub rule: Option<String>,
+    /// `run_id`.
+    pub run_id: Option<String>,
+    /// `prev`.
+    pub prev: String,
+    /// `key_id`.
+    pub key_id: String,
+    /// `hash`.
+    pub hash: String,
+}
+
+/// A parsed, hashed, signature-checked record, before the chain walk.
+struct Checked {
+    seq: i64,
+    hash: String,
+    prev: String,
+    key_id: String,
+    /// Ok, or the per-record problem (edited, unknown key, bad signature).
+    problem: Option<(Reason, String)>,
+}
+
+/// Walks a log in order; feed it chunks, then [`Verifier::finish`].
+pub struct LogVerifier<'k> {
+    keys: &'k Keyring,
+    proof: Proof,
+    last: Option<(i64, String)>,
+    /// A record whose signature failed: reason decided by its successor.
+    pending: Option<(i64, String)>,
+}
+
+/// Records per parallel chunk.
+pub const CHUNK: usize = 8192;
+
+impl<'k> LogVerifier<'k> {
+    /// A verifier over `keys`.
+    pub fn new(keys: &'k Keyring) -> LogVerifier<'k> {
+        LogVerifier { keys, proof: Proof::default(), last: None, pending: None }
+    }
+
+    /// Checks the next records, in log order.
+    pub fn feed(&mut self, chunk: &[Stored]) -> Result<(), Invalid> {
+        let checked: Vec<Checked> = chunk.par_iter().map(|s| check_one(s, self.keys)).collect();
+        for c in checked {
+            self.walk(c)?;
+        }
+        Ok(())
+    }
+
+    fn walk(&mut self, c: Checked) -> Result<(), Invalid> {
+        if let Some((seq, hash)) = self.pending.take() {
+            // The previous record's signature failed. If this record does
+            // not chain to it, it changed after being chained: edited.
+            let reason = if c.prev == hash { Reason::BadSignature } else { Reason::Edited };
+            return Err(Invalid { seq, reason, detail: "its signature does not verify under the key it names".into() });
+        }
+        let invalid = |seq, reason, detail: String| Err(Invalid { seq, reason, detail });
+        if let Some((reason, detail)) = &c.problem {
+            if *reason != Reason::BadSignature {
+                return invalid(c.seq, *reason, detail.clone());
+            }
+        }
+        match &self.last {
+            None => {
+                if c.seq == 1 && c.prev != GENESIS {
+                    return invalid(c.seq, Reason::Edited, "the first record's prev is not the genesis value".into());
+                }
+                self.proof.first_prev = c.prev.clone();
+            }
+            Some((last_seq, last_hash)) => {
+                if c.seq > last_seq + 1 {
+                    return invalid(last_seq + 1, Reason::Removed, format!("the log jumps from seq {last_seq} to {}", c.seq));
+                }
+                if c.seq <= *last_seq {
+                    return invalid(c.seq, Reason::Reordered, format!("seq {} follows seq {last_seq}", c.seq));
+                }
+                if &c.prev != last_hash {
+                    return invalid(c.seq, Reason::Edited, format!("prev does not match the hash of seq {last_seq}"));
+                }
+            }
+        }
+        if c.problem.is_some() {
+            self.pending = Some((c.seq, c.hash.clone()));
+        }
+        self.proof.range = Some((self.proof.range.map_or(c.seq, |r| r.0), c.seq));
+        self.proof.count += 1;
+        self.proof.key_ids.insert(c.key_id);
+        self.proof.head = c.hash.clone();
+        self.last = Some((c.seq, c.hash));
+        Ok(())
+    }
+
+    /// Ends the walk; checks the checkpoint when given.
+    pub fn finish(mut self, checkpoint: Option<&Value>) -> Result<Proof, Invalid> {
+        if let Some((seq, _)) = self.pending.take() {
+            return Err(Invalid { seq, reason: Reason::BadSignature, detail: "its signature does not verify under the key it names".into() });
+        }
+        if let Some(cp) = checkpoint {
+            self.proof.checkpoint = Some(check_checkpoint(cp, self.keys, &self.proof, &self.last)?);
+        }
+        Ok(self.proof)
+    }
+}
+
+fn check_one(stored: &Stored, keys: &Keyring) -> Checked {
+    let hash = sha256_hex(stored.line.as_bytes());
+    let mut c = Checked { seq: 0, hash, prev: String::new(), key_id: String::new(), problem: None };
+    let mut value: Value = match serde_json::from_str(&stored.line) {
+        Ok(v) => v,
+        Err(e) => {
+            c.seq = stored.columns.as_ref().map_or(0, |col| col.seq);
+            c.problem = Some((Reason::Edited, format!("not JSON: {e}")));
+            return c;
+        }
+    };
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    c.seq = value.get("seq").and_then(Value::as_i64).unwrap_or_default();
+    c.prev = text(&value, "prev");
+    c.key_id = text(&value, "key_id");
+    if let Some(col) = &stored.columns {
+        if col.seq != c.seq {
+            c.seq = col.seq;
+            c.problem = Some((Reason::Reordered, format!("stored at seq {} but the record says seq {}", col.seq, value["seq"])));
+            return c;
+        }
+        if let Some(which) = column_mismatch(col, &value, &c.hash) {
+            c.problem = Some((Reason::Edited, format!("column `{which}` differs from the signed record")));
+            return c;
+        }
+    }
+    match canonical(&value) {
+        Ok(canon) if canon == stored.line => {}
+        _ => {
+            c.problem = Some((Reason::Edited, "the record is not in canonical form".into()));
+            return c;
+        }
+    }
+    let Some(key) = keys.get(&c.key_id) else {
+        c.problem = Some((Reason::UnknownKey, format!("key_id {} is not among the given public keys", c.key_id)));
+        return c;
+    };
+    let sig = value.as_object_mut().and_then(|o| o.remove("sig"));
+    let sig = sig.as_ref().and_then(Value::as_str).and_then(|s| hex::decode(s).ok()).and_then(|b| Signature::from_slice(&b).ok());
+    let verified = match (sig, canonical(&value)) {
+        (Some(sig), Ok(unsigned)) => key.verify(unsigned.as_bytes(), &sig).is_ok(),
+        _ => false,
+    };
+    if !verified {
+        c.problem = Some((Reason::BadSignature, String::new()));
+    }
+    c
+}
+
+fn column_mismatch(col: &Columns, v: &Value, hash: &str) -> Option<&'static str> {
+    let s = |k: &str| v.get(k).and_then(Value::as_str);
+    if col.hash != hash {
+        return Some("hash");
+    }
+    if Some(col.ts.as_str()) != s("ts") {
+        return Some("ts");
+    }
+    if Some(col.kind.as_str()) != s("kind") {
+        return Some("kind");
+    }
+    if col.rule.as_deref() != s("rule") {
+        return Some("rule");
+    }
+    if col.run_id.as_deref() != s("run_id") {
+        return Some("run_id");
+    }
+    if Some(col.prev.as_str()) != s("prev") {
+        return Some("prev");
+    }
+    if Some(col.key_id.as_str()) != s("key_id") {
+        return Some("key_id");
+    }
+    None
+}
+
+/// Verifies a checkpoint's signature and that the log reaches and matches it.
+fn check_checkpoint(cp: &Value, keys: &Keyring, proof: &Proof, last: &Option<(i64, String)>) -> Result<i64, Invalid> {
+    let seq = cp.get("seq").and_then(Value::as_i64).unwrap_or_default();
+    let bad = |reason, detail: String| Err(Invalid { seq, reason, detail });
+    let key_id = cp.get("key_id").and_then(Value::as_str).unwrap_or_default();
+    let Some(key) = keys.get(key_id) else {
+        return bad(Reason::UnknownKey, format!("the checkpoint is signed by key_id {key_id}, not among the given public keys"));
+    };
+    let mut unsigned = cp.clone();
+    let sig = unsigned.as_object_mut().and_then(|o| o.remove("sig"));
+    let sig = sig.as_ref().and_then(Value::as_str).and_then(|s| hex::decode(s).ok()).and_then(|b| Signature::from_slice(&b).ok());
+    let ok = match (sig, canonical(&unsigned)) {
+        (Some(sig), Ok(bytes)) => key.verify(bytes.as_bytes(), &sig).is_ok(),
+        _ => false,
+    };
+    if !ok {
+        return bad(Reason::BadSignature, "the checkpoint's signature does not verify".into());
+    }
+    let head = cp.get("head").and_then(Value::as_str).unwrap_or_default();
+    match (proof.range, last) {
+        (Some((first, end)), Some((_, last_hash))) if seq <= end && seq >= first => {
+            if seq == end && head != last_hash {
+                return bad(Reason::Edited, "the record at the checkpoint's seq does not hash to the checkpoint's head".into());
+            }
+            Ok(seq)
+        }
+        (Some((_, end)), _) if seq > end => bad(Reason::Truncated, format!("the log ends at seq {end}, the checkpoint proves it reached seq {seq}")),
+        (None, _) => bad(Reason::Truncated, "the log is empty, the checkpoint proves it had records".into()),
+        _ => Ok(seq),
+    }
+}
