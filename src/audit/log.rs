@@ -107,6 +107,18 @@ impl AuditLog {
         self.signer.key_id()
     }
 
+    /// A signed checkpoint of the current head (None when the log is empty).
+    pub async fn checkpoint(&self) -> Result<Option<String>, AuditError> {
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM retentiond.audit_log ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        match head {
+            Some((seq, hash)) => Ok(Some(super::checkpoint::make(&self.signer, seq, &hash)?)),
+            None => Ok(None),
+        }
+    }
+
     /// Seals `event` as the next record and stores it (and mirrors it).
     pub async fn append(&self, event: &Event) -> Result<Sealed, AuditError> {
         let mut conn = self.pool.acquire().await?;

@@ -4,9 +4,11 @@
 //! `run_outcome` record after its last, so a run killed in between stays
 //! visible. `run` also records the config it loaded. Plans write nothing.
 
+pub mod checkpoint;
 pub mod key;
 pub mod log;
 pub mod record;
+pub mod verify;
 
 pub use key::Signer;
 pub use log::{AuditError, AuditLog};

@@ -144,21 +144,65 @@ pub struct LogVerifier<'k> {
     last: Option<(i64, String)>,
     /// A record whose signature failed: reason decided by its successor.
     pending: Option<(i64, String)>,
+    /// The checkpoint to check, and the hash of the record at its seq.
+    checkpoint: Option<(Value, i64)>,
+    at_checkpoint: Option<String>,
 }
 
 /// Records per parallel chunk.
 pub const CHUNK: usize = 8192;
 
+/// Signatures per batch verification.
+const SIG_BATCH: usize = 64;
+
+/// What a record's signature check needs.
+struct Signed {
+    message: Vec<u8>,
+    sig: Signature,
+    key: VerifyingKey,
+}
+
 impl<'k> LogVerifier<'k> {
-    /// A verifier over `keys`.
-    pub fn new(keys: &'k Keyring) -> LogVerifier<'k> {
-        LogVerifier { keys, proof: Proof::default(), last: None, pending: None }
+    /// A verifier over `keys`, checking the log against `checkpoint` too.
+    pub fn new(keys: &'k Keyring, checkpoint: Option<Value>) -> LogVerifier<'k> {
+        let checkpoint = checkpoint.map(|cp| {
+            let seq = cp.get("seq").and_then(Value::as_i64).unwrap_or_default();
+            (cp, seq)
+        });
+        LogVerifier {
+            keys,
+            proof: Proof::default(),
+            last: None,
+            pending: None,
+            checkpoint,
+            at_checkpoint: None,
+        }
     }
 
     /// Checks the next records, in log order.
     pub fn feed(&mut self, chunk: &[Stored]) -> Result<(), Invalid> {
-        let checked: Vec<Checked> = chunk.par_iter().map(|s| check_one(s, self.keys)).collect();
-        for c in checked {
+        let mut checked: Vec<(Checked, Option<Signed>)> =
+            chunk.par_iter().map(|s| check_one(s, self.keys)).collect();
+        // Ed25519 batch verification is about twice as fast per signature as
+        // one at a time; a failing batch is re-checked one by one to find
+        // the record.
+        checked.par_chunks_mut(SIG_BATCH).for_each(|part| {
+            let signed: Vec<&Signed> = part.iter().filter_map(|(_, s)| s.as_ref()).collect();
+            let messages: Vec<&[u8]> = signed.iter().map(|s| s.message.as_slice()).collect();
+            let sigs: Vec<Signature> = signed.iter().map(|s| s.sig).collect();
+            let keys: Vec<VerifyingKey> = signed.iter().map(|s| s.key).collect();
+            if ed25519_dalek::verify_batch(&messages, &sigs, &keys).is_ok() {
+                return;
+            }
+            for (c, s) in part.iter_mut() {
+                if let Some(s) = s {
+                    if s.key.verify(&s.message, &s.sig).is_err() {
+                        c.problem = Some((Reason::BadSignature, String::new()));
+                    }
+                }
+            }
+        });
+        for (c, _) in checked {
             self.walk(c)?;
         }
         Ok(())
@@ -168,10 +212,24 @@ impl<'k> LogVerifier<'k> {
         if let Some((seq, hash)) = self.pending.take() {
             // The previous record's signature failed. If this record does
             // not chain to it, it changed after being chained: edited.
-            let reason = if c.prev == hash { Reason::BadSignature } else { Reason::Edited };
-            return Err(Invalid { seq, reason, detail: "its signature does not verify under the key it names".into() });
+            let reason = if c.prev == hash {
+                Reason::BadSignature
+            } else {
+                Reason::Edited
+            };
+            return Err(Invalid {
+                seq,
+                reason,
+                detail: "its signature does not verify under the key it names".into(),
+            });
         }
-        let invalid = |seq, reason, detail: String| Err(Invalid { seq, reason, detail });
+        let invalid = |seq, reason, detail: String| {
+            Err(Invalid {
+                seq,
+                reason,
+                detail,
+            })
+        };
         if let Some((reason, detail)) = &c.problem {
             if *reason != Reason::BadSignature {
                 return invalid(c.seq, *reason, detail.clone());
@@ -180,19 +238,35 @@ impl<'k> LogVerifier<'k> {
         match &self.last {
             None => {
                 if c.seq == 1 && c.prev != GENESIS {
-                    return invalid(c.seq, Reason::Edited, "the first record's prev is not the genesis value".into());
+                    return invalid(
+                        c.seq,
+                        Reason::Edited,
+                        "the first record's prev is not the genesis value".into(),
+                    );
                 }
                 self.proof.first_prev = c.prev.clone();
             }
             Some((last_seq, last_hash)) => {
                 if c.seq > last_seq + 1 {
-                    return invalid(last_seq + 1, Reason::Removed, format!("the log jumps from seq {last_seq} to {}", c.seq));
+                    return invalid(
+                        last_seq + 1,
+                        Reason::Removed,
+                        format!("the log jumps from seq {last_seq} to {}", c.seq),
+                    );
                 }
                 if c.seq <= *last_seq {
-                    return invalid(c.seq, Reason::Reordered, format!("seq {} follows seq {last_seq}", c.seq));
+                    return invalid(
+                        c.seq,
+                        Reason::Reordered,
+                        format!("seq {} follows seq {last_seq}", c.seq),
+                    );
                 }
                 if &c.prev != last_hash {
-                    return invalid(c.seq, Reason::Edited, format!("prev does not match the hash of seq {last_seq}"));
+                    return invalid(
+                        c.seq,
+                        Reason::Edited,
+                        format!("prev does not match the hash of seq {last_seq}"),
+                    );
                 }
             }
         }
@@ -203,69 +277,120 @@ impl<'k> LogVerifier<'k> {
         self.proof.count += 1;
         self.proof.key_ids.insert(c.key_id);
         self.proof.head = c.hash.clone();
+        if self
+            .checkpoint
+            .as_ref()
+            .is_some_and(|(_, seq)| *seq == c.seq)
+        {
+            self.at_checkpoint = Some(c.hash.clone());
+        }
         self.last = Some((c.seq, c.hash));
         Ok(())
     }
 
     /// Ends the walk; checks the checkpoint when given.
-    pub fn finish(mut self, checkpoint: Option<&Value>) -> Result<Proof, Invalid> {
+    pub fn finish(mut self) -> Result<Proof, Invalid> {
         if let Some((seq, _)) = self.pending.take() {
-            return Err(Invalid { seq, reason: Reason::BadSignature, detail: "its signature does not verify under the key it names".into() });
+            return Err(Invalid {
+                seq,
+                reason: Reason::BadSignature,
+                detail: "its signature does not verify under the key it names".into(),
+            });
         }
-        if let Some(cp) = checkpoint {
-            self.proof.checkpoint = Some(check_checkpoint(cp, self.keys, &self.proof, &self.last)?);
+        if let Some((cp, _)) = &self.checkpoint {
+            let seq = check_checkpoint(cp, self.keys, &self.proof, self.at_checkpoint.as_deref())?;
+            self.proof.checkpoint = Some(seq);
         }
         Ok(self.proof)
     }
 }
 
-fn check_one(stored: &Stored, keys: &Keyring) -> Checked {
+/// Parses, checks form, columns and key; returns what the signature check
+/// needs (None when an earlier check already failed).
+fn check_one(stored: &Stored, keys: &Keyring) -> (Checked, Option<Signed>) {
     let hash = sha256_hex(stored.line.as_bytes());
-    let mut c = Checked { seq: 0, hash, prev: String::new(), key_id: String::new(), problem: None };
-    let mut value: Value = match serde_json::from_str(&stored.line) {
+    let mut c = Checked {
+        seq: 0,
+        hash,
+        prev: String::new(),
+        key_id: String::new(),
+        problem: None,
+    };
+    let value: Value = match serde_json::from_str(&stored.line) {
         Ok(v) => v,
         Err(e) => {
             c.seq = stored.columns.as_ref().map_or(0, |col| col.seq);
             c.problem = Some((Reason::Edited, format!("not JSON: {e}")));
-            return c;
+            return (c, None);
         }
     };
-    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let text = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     c.seq = value.get("seq").and_then(Value::as_i64).unwrap_or_default();
     c.prev = text(&value, "prev");
     c.key_id = text(&value, "key_id");
     if let Some(col) = &stored.columns {
         if col.seq != c.seq {
             c.seq = col.seq;
-            c.problem = Some((Reason::Reordered, format!("stored at seq {} but the record says seq {}", col.seq, value["seq"])));
-            return c;
+            c.problem = Some((
+                Reason::Reordered,
+                format!(
+                    "stored at seq {} but the record says seq {}",
+                    col.seq, value["seq"]
+                ),
+            ));
+            return (c, None);
         }
         if let Some(which) = column_mismatch(col, &value, &c.hash) {
-            c.problem = Some((Reason::Edited, format!("column `{which}` differs from the signed record")));
-            return c;
+            c.problem = Some((
+                Reason::Edited,
+                format!("column `{which}` differs from the signed record"),
+            ));
+            return (c, None);
         }
     }
     match canonical(&value) {
         Ok(canon) if canon == stored.line => {}
         _ => {
             c.problem = Some((Reason::Edited, "the record is not in canonical form".into()));
-            return c;
+            return (c, None);
         }
     }
     let Some(key) = keys.get(&c.key_id) else {
-        c.problem = Some((Reason::UnknownKey, format!("key_id {} is not among the given public keys", c.key_id)));
-        return c;
+        c.problem = Some((
+            Reason::UnknownKey,
+            format!("key_id {} is not among the given public keys", c.key_id),
+        ));
+        return (c, None);
     };
-    let sig = value.as_object_mut().and_then(|o| o.remove("sig"));
-    let sig = sig.as_ref().and_then(Value::as_str).and_then(|s| hex::decode(s).ok()).and_then(|b| Signature::from_slice(&b).ok());
-    let verified = match (sig, canonical(&value)) {
-        (Some(sig), Ok(unsigned)) => key.verify(unsigned.as_bytes(), &sig).is_ok(),
-        _ => false,
-    };
-    if !verified {
-        c.problem = Some((Reason::BadSignature, String::new()));
+    let mut unsigned = value;
+    let sig = unsigned.as_object_mut().and_then(|o| o.remove("sig"));
+    let sig = sig
+        .as_ref()
+        .and_then(Value::as_str)
+        .and_then(|s| hex::decode(s).ok())
+        .and_then(|b| Signature::from_slice(&b).ok());
+    match (sig, canonical(&unsigned)) {
+        (Some(sig), Ok(message)) => {
+            let key = *key;
+            (
+                c,
+                Some(Signed {
+                    message: message.into_bytes(),
+                    sig,
+                    key,
+                }),
+            )
+        }
+        _ => {
+            c.problem = Some((Reason::BadSignature, String::new()));
+            (c, None)
+        }
     }
-    c
 }
 
 fn column_mismatch(col: &Columns, v: &Value, hash: &str) -> Option<&'static str> {
@@ -294,34 +419,62 @@ fn column_mismatch(col: &Columns, v: &Value, hash: &str) -> Option<&'static str>
     None
 }
 
-/// Verifies a checkpoint's signature and that the log reaches and matches it.
-fn check_checkpoint(cp: &Value, keys: &Keyring, proof: &Proof, last: &Option<(i64, String)>) -> Result<i64, Invalid> {
+/// Verifies a checkpoint's signature and that the log reaches and matches
+/// it. `at_seq` is the hash of the record at the checkpoint's seq, if seen.
+fn check_checkpoint(
+    cp: &Value,
+    keys: &Keyring,
+    proof: &Proof,
+    at_seq: Option<&str>,
+) -> Result<i64, Invalid> {
     let seq = cp.get("seq").and_then(Value::as_i64).unwrap_or_default();
-    let bad = |reason, detail: String| Err(Invalid { seq, reason, detail });
+    let bad = |reason, detail: String| {
+        Err(Invalid {
+            seq,
+            reason,
+            detail,
+        })
+    };
     let key_id = cp.get("key_id").and_then(Value::as_str).unwrap_or_default();
     let Some(key) = keys.get(key_id) else {
-        return bad(Reason::UnknownKey, format!("the checkpoint is signed by key_id {key_id}, not among the given public keys"));
+        return bad(
+            Reason::UnknownKey,
+            format!("the checkpoint is signed by key_id {key_id}, not among the given public keys"),
+        );
     };
-    let mut unsigned = cp.clone();
-    let sig = unsigned.as_object_mut().and_then(|o| o.remove("sig"));
-    let sig = sig.as_ref().and_then(Value::as_str).and_then(|s| hex::decode(s).ok()).and_then(|b| Signature::from_slice(&b).ok());
-    let ok = match (sig, canonical(&unsigned)) {
-        (Some(sig), Ok(bytes)) => key.verify(bytes.as_bytes(), &sig).is_ok(),
-        _ => false,
-    };
-    if !ok {
-        return bad(Reason::BadSignature, "the checkpoint's signature does not verify".into());
+    if !signature_ok(cp, key) {
+        return bad(
+            Reason::BadSignature,
+            "the checkpoint's signature does not verify".into(),
+        );
     }
     let head = cp.get("head").and_then(Value::as_str).unwrap_or_default();
-    match (proof.range, last) {
-        (Some((first, end)), Some((_, last_hash))) if seq <= end && seq >= first => {
-            if seq == end && head != last_hash {
-                return bad(Reason::Edited, "the record at the checkpoint's seq does not hash to the checkpoint's head".into());
-            }
-            Ok(seq)
+    match (proof.range, at_seq) {
+        (_, Some(hash)) if hash == head => Ok(seq),
+        (_, Some(_)) => bad(Reason::Edited, "the record at the checkpoint's seq does not hash to the checkpoint's head".into()),
+        (Some((_, end)), None) if seq > end => {
+            bad(Reason::Truncated, format!("the log ends at seq {end}, the checkpoint proves it reached seq {seq}"))
         }
-        (Some((_, end)), _) if seq > end => bad(Reason::Truncated, format!("the log ends at seq {end}, the checkpoint proves it reached seq {seq}")),
-        (None, _) => bad(Reason::Truncated, "the log is empty, the checkpoint proves it had records".into()),
-        _ => Ok(seq),
+        (None, None) => bad(Reason::Truncated, "the log is empty, the checkpoint proves it had records".into()),
+        (Some((first, _)), None) => bad(
+            Reason::Truncated,
+            format!("the checkpoint's seq {seq} lies before this range, which starts at seq {first}; verify the export that holds it"),
+        ),
+    }
+}
+
+/// True when `value`'s `sig` is `key`'s signature over its canonical bytes
+/// without `sig`.
+pub fn signature_ok(value: &Value, key: &VerifyingKey) -> bool {
+    let mut unsigned = value.clone();
+    let sig = unsigned.as_object_mut().and_then(|o| o.remove("sig"));
+    let sig = sig
+        .as_ref()
+        .and_then(Value::as_str)
+        .and_then(|s| hex::decode(s).ok())
+        .and_then(|b| Signature::from_slice(&b).ok());
+    match (sig, canonical(&unsigned)) {
+        (Some(sig), Ok(bytes)) => key.verify(bytes.as_bytes(), &sig).is_ok(),
+        _ => false,
     }
 }

@@ -2,6 +2,7 @@
 //! exit code (0 ok, 1 runtime failure, 2 config or usage error, 3 refused by
 //! a safety check).
 
+mod audit_cmd;
 mod check;
 mod output;
 
@@ -144,6 +145,43 @@ pub enum AuditCommand {
         #[arg(long, default_value_t = 50)]
         limit: i64,
     },
+    /// Check every signature, the hash chain, gapless seq and (with
+    /// --checkpoint) truncation. Exit 0 when valid, 4 when not.
+    Verify {
+        /// An Ed25519 public key (PEM); repeat for rotated keys.
+        #[arg(long = "public-key", required = true)]
+        public_keys: Vec<PathBuf>,
+        /// Read the audit store named by this rules file.
+        #[arg(short, long, group = "source")]
+        config: Option<PathBuf>,
+        /// Read this database's retentiond.audit_log.
+        #[arg(long, group = "source")]
+        db: Option<String>,
+        /// Read a JSONL export.
+        #[arg(long, group = "source")]
+        file: Option<PathBuf>,
+        /// A file of signed checkpoints; its last one must be reached and match.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Print the records verbatim, one per line (JSONL), in seq order.
+    Export {
+        /// The rules file.
+        #[arg(short, long, env = "RETENTIOND_CONFIG")]
+        config: PathBuf,
+        /// Only records at or after this time.
+        #[arg(long, value_parser = parse_time)]
+        since: Option<DateTime<Utc>>,
+        /// Only records before this time.
+        #[arg(long, value_parser = parse_time)]
+        until: Option<DateTime<Utc>>,
+    },
+    /// Print a fresh signed checkpoint of the log's head.
+    Head {
+        /// The rules file.
+        #[arg(short, long, env = "RETENTIOND_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 /// Parses RFC 3339, or a date as midnight UTC.
@@ -207,19 +245,44 @@ pub async fn run(cli: Cli) -> i32 {
             }
             Err(e) => fail(exit::FAILED, e),
         },
-        Command::Audit {
-            command:
-                AuditCommand::Log {
-                    config,
-                    rule,
-                    since,
-                    limit,
-                },
-        } => audit_log_cmd(&config, rule, since, limit).await,
+        Command::Audit { command } => match command {
+            AuditCommand::Log {
+                config,
+                rule,
+                since,
+                limit,
+            } => audit_cmd::log(&config, rule, since, limit).await,
+            AuditCommand::Verify {
+                public_keys,
+                config,
+                db,
+                file,
+                checkpoint,
+            } => {
+                let source = match (config, db, file) {
+                    (Some(c), _, _) => audit_cmd::LogSource::Config(c),
+                    (_, Some(url), _) => audit_cmd::LogSource::Db(url),
+                    (_, _, Some(f)) => audit_cmd::LogSource::File(f),
+                    _ => {
+                        return fail(
+                            exit::USAGE,
+                            "say where the log is: -c FILE, --db URL or --file audit.jsonl",
+                        )
+                    }
+                };
+                audit_cmd::verify(&public_keys, source, checkpoint.as_deref()).await
+            }
+            AuditCommand::Export {
+                config,
+                since,
+                until,
+            } => audit_cmd::export(&config, since, until).await,
+            AuditCommand::Head { config } => audit_cmd::head(&config).await,
+        },
     }
 }
 
-fn fail(code: i32, e: impl std::fmt::Display) -> i32 {
+pub(crate) fn fail(code: i32, e: impl std::fmt::Display) -> i32 {
     eprintln!("error: {e}");
     code
 }
@@ -400,56 +463,5 @@ async fn migrate_cmd(path: &std::path::Path) -> i32 {
             exit::OK
         }
         Err(e) => fail(exit::FAILED, e),
-    }
-}
-
-async fn audit_log_cmd(
-    path: &std::path::Path,
-    rule: Option<String>,
-    since: Option<DateTime<Utc>>,
-    limit: i64,
-) -> i32 {
-    let config = match load(path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let Some(audit_cfg) = &config.audit else {
-        return fail(exit::USAGE, "the config has no [audit] section");
-    };
-    let stores = match open(&config) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let Some(pg) = stores.postgres(&audit_cfg.store) else {
-        return fail(
-            exit::USAGE,
-            format!("audit store `{}` is not a postgres store", audit_cfg.store),
-        );
-    };
-    let rows = sqlx::query_as::<_, (String,)>(
-        "SELECT record FROM (SELECT seq, record FROM retentiond.audit_log \
-         WHERE ($1::text IS NULL OR rule = $1) AND ($2::timestamptz IS NULL OR ts >= $2) \
-         ORDER BY seq DESC LIMIT $3) r ORDER BY seq",
-    )
-    .bind(rule)
-    .bind(since)
-    .bind(limit)
-    .fetch_all(&pg.pool)
-    .await;
-    let total: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM retentiond.audit_log")
-        .fetch_one(&pg.pool)
-        .await;
-    match (rows, total) {
-        (Ok(rows), Ok(total)) => {
-            output::print_audit(rows.iter().map(|(r,)| r.as_str()));
-            if (rows.len() as i64) < total {
-                println!("showing {} of {total} records (the newest that match); use --limit, --rule or --since", rows.len());
-            }
-            exit::OK
-        }
-        (Err(e), _) | (_, Err(e)) => fail(
-            exit::FAILED,
-            format!("reading retentiond.audit_log: {e} (has `retentiond migrate` run?)"),
-        ),
     }
 }

@@ -107,7 +107,30 @@ impl Runner<'_> {
             }
             reports.push(self.run_rule(rule).await);
         }
+        self.write_checkpoint().await;
         RunReport { at, rules: reports }
+    }
+
+    /// Appends a signed checkpoint of the head to `[audit] checkpoints`.
+    async fn write_checkpoint(&self) {
+        let Some(path) = self
+            .config
+            .audit
+            .as_ref()
+            .and_then(|a| a.checkpoints.as_ref())
+        else {
+            return;
+        };
+        let written = match self.audit.checkpoint().await {
+            Ok(Some(line)) => {
+                crate::audit::checkpoint::append(path, &line).map_err(|e| e.to_string())
+            }
+            Ok(None) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = written {
+            tracing::error!(path = %path.display(), error = %e, "Could not write the audit checkpoint.");
+        }
     }
 
     /// Runs one rule: intent record, batches, outcome record.

@@ -10,3 +10,4 @@ mod config;
 mod delete;
 mod mask;
 mod online;
+mod verify;

@@ -1,0 +1,296 @@
+//! `retentiond audit ...`: read, export and verify the audit log.
+
+use super::{exit, fail, load, output};
+use crate::audit::checkpoint;
+use crate::audit::key::{load_public, Signer};
+use crate::audit::record::format_ts;
+use crate::audit::verify::{Columns, Keyring, LogVerifier, Stored, CHUNK};
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+/// Exit code of `audit verify` when the log does not verify.
+pub const INVALID: i32 = 4;
+
+/// Where `verify` reads the log from.
+pub enum LogSource {
+    /// The audit store named by a config.
+    Config(PathBuf),
+    /// A database URL.
+    Db(String),
+    /// A JSONL export.
+    File(PathBuf),
+}
+
+/// The audit store's pool for a config, or an exit code.
+async fn audit_pool(path: &Path) -> Result<(PgPool, crate::config::Config), i32> {
+    let config = load(path)?;
+    let Some(audit) = &config.audit else {
+        return Err(fail(exit::USAGE, "the config has no [audit] section"));
+    };
+    let Some(crate::config::StoreConfig::Postgres { url, .. }) = config.stores.get(&audit.store)
+    else {
+        return Err(fail(
+            exit::USAGE,
+            format!("audit store `{}` is not a postgres store", audit.store),
+        ));
+    };
+    let pool = connect(url).await?;
+    Ok((pool, config))
+}
+
+async fn connect(url: &str) -> Result<PgPool, i32> {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .map_err(|e| {
+            fail(
+                exit::FAILED,
+                format!("cannot connect to the audit store: {e}"),
+            )
+        })
+}
+
+/// `audit verify`.
+pub async fn verify(
+    public_keys: &[PathBuf],
+    source: LogSource,
+    checkpoint_file: Option<&Path>,
+) -> i32 {
+    let mut keys = Keyring::default();
+    for path in public_keys {
+        match load_public(path) {
+            Ok(k) => keys.add(k),
+            Err(e) => return fail(exit::USAGE, e),
+        }
+    }
+    let checkpoint = match checkpoint_file.map(checkpoint::read_last) {
+        None => None,
+        Some(Ok(Some(cp))) => Some(cp),
+        Some(Ok(None)) => return fail(exit::USAGE, "the checkpoint file holds no checkpoint"),
+        Some(Err(e)) => return fail(exit::USAGE, e),
+    };
+    let mut verifier = LogVerifier::new(&keys, checkpoint);
+    let fed = match source {
+        LogSource::File(path) => feed_file(&path, &mut verifier),
+        LogSource::Db(url) => match connect(&url).await {
+            Ok(pool) => feed_db(&pool, &mut verifier).await,
+            Err(code) => return code,
+        },
+        LogSource::Config(path) => match audit_pool(&path).await {
+            Ok((pool, _)) => feed_db(&pool, &mut verifier).await,
+            Err(code) => return code,
+        },
+    };
+    let result = match fed {
+        Ok(Ok(())) => verifier.finish(),
+        Ok(Err(invalid)) => Err(invalid),
+        Err(e) => return fail(exit::FAILED, e),
+    };
+    match result {
+        Ok(proof) => {
+            match proof.range {
+                None => println!("ok: no records"),
+                Some((first, last)) => {
+                    let keys: Vec<&str> = proof.key_ids.iter().map(String::as_str).collect();
+                    print!(
+                        "ok: verified seq {first}..{last} ({} records); prev of the first: {}; head: {}; key ids: {}",
+                        proof.count,
+                        proof.first_prev,
+                        proof.head,
+                        keys.join(", ")
+                    );
+                    match proof.checkpoint {
+                        Some(seq) => println!("; checkpoint at seq {seq} matches"),
+                        None => println!(),
+                    }
+                }
+            }
+            exit::OK
+        }
+        Err(invalid) => {
+            println!("invalid: {invalid}");
+            INVALID
+        }
+    }
+}
+
+type Fed = Result<Result<(), crate::audit::verify::Invalid>, String>;
+
+fn feed_file(path: &Path, verifier: &mut LogVerifier) -> Fed {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut chunk = Vec::with_capacity(CHUNK);
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
+        if line.is_empty() {
+            continue;
+        }
+        chunk.push(Stored {
+            line,
+            columns: None,
+        });
+        if chunk.len() == CHUNK {
+            if let Err(e) = verifier.feed(&chunk) {
+                return Ok(Err(e));
+            }
+            chunk.clear();
+        }
+    }
+    Ok(verifier.feed(&chunk))
+}
+
+type Row = (
+    i64,
+    DateTime<Utc>,
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+);
+
+const SELECT_ROWS: &str =
+    "SELECT seq, ts, kind, rule, run_id, prev, key_id, hash, record FROM retentiond.audit_log";
+
+async fn feed_db(pool: &PgPool, verifier: &mut LogVerifier<'_>) -> Fed {
+    let query = format!("{SELECT_ROWS} ORDER BY seq");
+    let mut rows = sqlx::query_as::<_, Row>(&query).fetch(pool);
+    let mut chunk = Vec::with_capacity(CHUNK);
+    while let Some((seq, ts, kind, rule, run_id, prev, key_id, hash, record)) = rows
+        .try_next()
+        .await
+        .map_err(|e| format!("reading retentiond.audit_log: {e}"))?
+    {
+        let columns = Columns {
+            seq,
+            ts: format_ts(ts),
+            kind,
+            rule,
+            run_id,
+            prev,
+            key_id,
+            hash,
+        };
+        chunk.push(Stored {
+            line: record,
+            columns: Some(columns),
+        });
+        if chunk.len() == CHUNK {
+            if let Err(e) = verifier.feed(&chunk) {
+                return Ok(Err(e));
+            }
+            chunk.clear();
+        }
+    }
+    Ok(verifier.feed(&chunk))
+}
+
+/// `audit export`: the records verbatim, one per line, in seq order.
+pub async fn export(
+    path: &Path,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+) -> i32 {
+    let (pool, _) = match audit_pool(path).await {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let mut rows = sqlx::query_scalar::<_, String>(
+        "SELECT record FROM retentiond.audit_log \
+         WHERE ($1::timestamptz IS NULL OR ts >= $1) AND ($2::timestamptz IS NULL OR ts < $2) ORDER BY seq",
+    )
+    .bind(since)
+    .bind(until)
+    .fetch(&pool);
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    loop {
+        match rows.try_next().await {
+            Ok(Some(line)) => {
+                if writeln!(out, "{line}").is_err() {
+                    return exit::FAILED;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return fail(exit::FAILED, format!("reading retentiond.audit_log: {e}")),
+        }
+    }
+    if out.flush().is_err() {
+        return exit::FAILED;
+    }
+    exit::OK
+}
+
+/// `audit head`: a fresh signed checkpoint of the current head.
+pub async fn head(path: &Path) -> i32 {
+    let (pool, config) = match audit_pool(path).await {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let Some(audit) = &config.audit else {
+        return exit::USAGE;
+    };
+    let signer = match Signer::load(&audit.signing_key) {
+        Ok(s) => s,
+        Err(e) => return fail(exit::USAGE, e),
+    };
+    let log = match crate::audit::AuditLog::open(pool, signer, None).await {
+        Ok(l) => l,
+        Err(e) => return fail(exit::FAILED, e),
+    };
+    match log.checkpoint().await {
+        Ok(Some(line)) => {
+            println!("{line}");
+            exit::OK
+        }
+        Ok(None) => fail(
+            exit::FAILED,
+            "the audit log is empty: nothing to checkpoint",
+        ),
+        Err(e) => fail(exit::FAILED, e),
+    }
+}
+
+/// `audit log`: a readable table.
+pub async fn log(
+    path: &Path,
+    rule: Option<String>,
+    since: Option<DateTime<Utc>>,
+    limit: i64,
+) -> i32 {
+    let (pool, _) = match audit_pool(path).await {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let rows = sqlx::query_scalar::<_, String>(
+        "SELECT record FROM (SELECT seq, record FROM retentiond.audit_log \
+         WHERE ($1::text IS NULL OR rule = $1) AND ($2::timestamptz IS NULL OR ts >= $2) \
+         ORDER BY seq DESC LIMIT $3) r ORDER BY seq",
+    )
+    .bind(rule)
+    .bind(since)
+    .bind(limit)
+    .fetch_all(&pool)
+    .await;
+    let total: Result<i64, _> = sqlx::query_scalar("SELECT count(*) FROM retentiond.audit_log")
+        .fetch_one(&pool)
+        .await;
+    match (rows, total) {
+        (Ok(rows), Ok(total)) => {
+            output::print_audit(rows.iter().map(String::as_str));
+            if (rows.len() as i64) < total {
+                println!("showing {} of {total} records (the newest that match); use --limit, --rule or --since", rows.len());
+            }
+            exit::OK
+        }
+        (Err(e), _) | (_, Err(e)) => fail(
+            exit::FAILED,
+            format!("reading retentiond.audit_log: {e} (has `retentiond migrate` run?)"),
+        ),
+    }
+}
