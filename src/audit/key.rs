@@ -1,7 +1,9 @@
 //! Ed25519 signing keys: PKCS#8 PEM files, key ids, generation.
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
+};
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -125,7 +127,13 @@ pub fn generate(dir: &Path) -> Result<(PathBuf, PathBuf, String), KeyError> {
     let mut seed = [0u8; 32];
     getrandom::getrandom(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
     let key = SigningKey::from_bytes(&seed);
-    let pem = key
+    // PKCS#8 v1 (RFC 8410, no embedded public key): ed25519-dalek's own
+    // encoder writes v2, which OpenSSL 3.0 and Python's `cryptography` reject.
+    let v1 = KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    let pem = v1
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| KeyError::Random(e.to_string()))?;
     write_private(&private, pem.as_bytes()).map_err(io(&private))?;

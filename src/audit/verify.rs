@@ -104,6 +104,8 @@ pub struct Stored {
     pub line: String,
     /// Columns that must agree with the line (`seq`, `ts`, ...), if any.
     pub columns: Option<Columns>,
+    /// Why the line could not even be read as text (invalid UTF-8).
+    pub malformed: Option<String>,
 }
 
 /// `retentiond.audit_log` columns besides `record`.
@@ -137,13 +139,28 @@ struct Checked {
     problem: Option<(Reason, String)>,
 }
 
-/// Walks a log in order; feed it chunks, then [`Verifier::finish`].
+/// A problem whose reason depends on the record after it.
+enum Pending {
+    /// This record's signature failed: `edited` if the next record does not
+    /// chain to it (it changed after being chained), else `bad signature`.
+    Signature {
+        seq: i64,
+        hash: String,
+        key_id: String,
+    },
+    /// The log jumps forward from `last` to `seq`: `reordered` if the next
+    /// record brings a missing seq back, else `removed`.
+    Jump { last: i64, seq: i64 },
+}
+
+/// Walks a log in order; feed it chunks, then [`LogVerifier::finish`].
 pub struct LogVerifier<'k> {
     keys: &'k Keyring,
     proof: Proof,
     last: Option<(i64, String)>,
-    /// A record whose signature failed: reason decided by its successor.
-    pending: Option<(i64, String)>,
+    /// A decision that needs the next record (see [`Pending`]).
+    pending: Option<Pending>,
+
     /// The checkpoint to check, and the hash of the record at its seq.
     checkpoint: Option<(Value, i64)>,
     at_checkpoint: Option<String>,
@@ -208,20 +225,11 @@ impl<'k> LogVerifier<'k> {
         Ok(())
     }
 
+    /// Checks one record against the chain so far. The order of checks is
+    /// docs/audit-format.md's: form, key, signature, seq, prev.
     fn walk(&mut self, c: Checked) -> Result<(), Invalid> {
-        if let Some((seq, hash)) = self.pending.take() {
-            // The previous record's signature failed. If this record does
-            // not chain to it, it changed after being chained: edited.
-            let reason = if c.prev == hash {
-                Reason::BadSignature
-            } else {
-                Reason::Edited
-            };
-            return Err(Invalid {
-                seq,
-                reason,
-                detail: "its signature does not verify under the key it names".into(),
-            });
+        if let Some(pending) = self.pending.take() {
+            return Err(resolve(pending, Some(&c)));
         }
         let invalid = |seq, reason, detail: String| {
             Err(Invalid {
@@ -230,30 +238,33 @@ impl<'k> LogVerifier<'k> {
                 detail,
             })
         };
-        if let Some((reason, detail)) = &c.problem {
-            if *reason != Reason::BadSignature {
-                return invalid(c.seq, *reason, detail.clone());
+        match &c.problem {
+            Some((Reason::BadSignature, _)) => {
+                self.pending = Some(Pending::Signature {
+                    seq: c.seq,
+                    hash: c.hash,
+                    key_id: c.key_id,
+                });
+                return Ok(());
             }
+            Some((reason, detail)) => {
+                let seq = if c.seq > 0 {
+                    c.seq
+                } else {
+                    self.last.as_ref().map_or(0, |(s, _)| s + 1)
+                };
+                return invalid(seq, *reason, detail.clone());
+            }
+            None => {}
         }
         match &self.last {
             None => {
                 if c.seq == 1 && c.prev != GENESIS {
-                    return invalid(
-                        c.seq,
-                        Reason::Edited,
-                        "the first record's prev is not the genesis value".into(),
-                    );
+                    return invalid(c.seq, Reason::Edited, "seq 1's prev is not 64 zeros".into());
                 }
                 self.proof.first_prev = c.prev.clone();
             }
             Some((last_seq, last_hash)) => {
-                if c.seq > last_seq + 1 {
-                    return invalid(
-                        last_seq + 1,
-                        Reason::Removed,
-                        format!("the log jumps from seq {last_seq} to {}", c.seq),
-                    );
-                }
                 if c.seq <= *last_seq {
                     return invalid(
                         c.seq,
@@ -261,17 +272,24 @@ impl<'k> LogVerifier<'k> {
                         format!("seq {} follows seq {last_seq}", c.seq),
                     );
                 }
+                if c.seq > last_seq + 1 {
+                    self.pending = Some(Pending::Jump {
+                        last: *last_seq,
+                        seq: c.seq,
+                    });
+                    return Ok(());
+                }
                 if &c.prev != last_hash {
                     return invalid(
                         c.seq,
                         Reason::Edited,
-                        format!("prev does not match the hash of seq {last_seq}"),
+                        format!(
+                            "prev {} is not the hash of the record before, {last_hash}",
+                            c.prev
+                        ),
                     );
                 }
             }
-        }
-        if c.problem.is_some() {
-            self.pending = Some((c.seq, c.hash.clone()));
         }
         self.proof.range = Some((self.proof.range.map_or(c.seq, |r| r.0), c.seq));
         self.proof.count += 1;
@@ -290,18 +308,45 @@ impl<'k> LogVerifier<'k> {
 
     /// Ends the walk; checks the checkpoint when given.
     pub fn finish(mut self) -> Result<Proof, Invalid> {
-        if let Some((seq, _)) = self.pending.take() {
-            return Err(Invalid {
-                seq,
-                reason: Reason::BadSignature,
-                detail: "its signature does not verify under the key it names".into(),
-            });
+        if let Some(pending) = self.pending.take() {
+            return Err(resolve(pending, None));
         }
         if let Some((cp, _)) = &self.checkpoint {
             let seq = check_checkpoint(cp, self.keys, &self.proof, self.at_checkpoint.as_deref())?;
             self.proof.checkpoint = Some(seq);
         }
         Ok(self.proof)
+    }
+}
+
+/// Decides a pending problem now that the next record (or the end) is known.
+fn resolve(pending: Pending, next: Option<&Checked>) -> Invalid {
+    match pending {
+        Pending::Signature { seq, hash, key_id } => match next {
+            Some(n) if n.prev != hash => Invalid {
+                seq,
+                reason: Reason::Edited,
+                detail: "its signature does not verify, and the next record's prev is not its hash"
+                    .into(),
+            },
+            _ => Invalid {
+                seq,
+                reason: Reason::BadSignature,
+                detail: format!("its signature does not verify with key id {key_id}"),
+            },
+        },
+        Pending::Jump { last, seq } => match next {
+            Some(n) if n.seq < seq => Invalid {
+                seq,
+                reason: Reason::Reordered,
+                detail: format!("seq {seq} follows seq {last} and precedes seq {}", n.seq),
+            },
+            _ => Invalid {
+                seq: last + 1,
+                reason: Reason::Removed,
+                detail: format!("the log jumps from seq {last} to seq {seq}"),
+            },
+        },
     }
 }
 
@@ -353,6 +398,10 @@ fn check_one(stored: &Stored, keys: &Keyring) -> (Checked, Option<Signed>) {
             return (c, None);
         }
     }
+    if let Some(why) = stored.malformed.clone().or_else(|| malformed(&value)) {
+        c.problem = Some((Reason::Edited, why));
+        return (c, None);
+    }
     match canonical(&value) {
         Ok(canon) if canon == stored.line => {}
         _ => {
@@ -367,30 +416,73 @@ fn check_one(stored: &Stored, keys: &Keyring) -> (Checked, Option<Signed>) {
         ));
         return (c, None);
     };
-    let mut unsigned = value;
-    let sig = unsigned.as_object_mut().and_then(|o| o.remove("sig"));
-    let sig = sig
-        .as_ref()
-        .and_then(Value::as_str)
-        .and_then(|s| hex::decode(s).ok())
+    // The line is canonical (checked above), so its canonical form without
+    // `sig` is the line with that member cut out: JCS sorts keys, and `sig`
+    // is never the first (`key_id`, `kind`, `prev`, `seq` sort before it).
+    let sig_hex = value.get("sig").and_then(Value::as_str).unwrap_or_default();
+    let member = format!(",\"sig\":\"{sig_hex}\"");
+    let sig = hex::decode(sig_hex)
+        .ok()
         .and_then(|b| Signature::from_slice(&b).ok());
-    match (sig, canonical(&unsigned)) {
-        (Some(sig), Ok(message)) => {
-            let key = *key;
+    match (sig, stored.line.find(&member)) {
+        (Some(sig), Some(at)) => {
+            let mut message = Vec::with_capacity(stored.line.len() - member.len());
+            message.extend_from_slice(&stored.line.as_bytes()[..at]);
+            message.extend_from_slice(&stored.line.as_bytes()[at + member.len()..]);
             (
                 c,
                 Some(Signed {
-                    message: message.into_bytes(),
+                    message,
                     sig,
-                    key,
+                    key: *key,
                 }),
             )
         }
         _ => {
-            c.problem = Some((Reason::BadSignature, String::new()));
+            c.problem = Some((
+                Reason::Edited,
+                "sig is not a 64-byte signature in hex".into(),
+            ));
             (c, None)
         }
     }
+}
+
+/// The envelope's fields must have their types, and every number must be an
+/// integer within ±2^53 (what RFC 8785 round-trips exactly).
+fn malformed(v: &Value) -> Option<String> {
+    fn numbers_ok(v: &Value) -> bool {
+        const LIMIT: i64 = 1 << 53;
+        match v {
+            Value::Number(n) => n.as_i64().is_some_and(|i| (-LIMIT..=LIMIT).contains(&i)),
+            Value::Array(a) => a.iter().all(numbers_ok),
+            Value::Object(o) => o.values().all(numbers_ok),
+            _ => true,
+        }
+    }
+    let Some(o) = v.as_object() else {
+        return Some("not a JSON object".into());
+    };
+    let is_hex = |k: &str, len: usize| {
+        o.get(k).and_then(Value::as_str).is_some_and(|s| {
+            s.len() == len
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+    };
+    if o.get("v").and_then(Value::as_i64) != Some(1) {
+        return Some("`v` is not 1".into());
+    }
+    if o.get("seq").and_then(Value::as_i64).is_none_or(|s| s < 1) {
+        return Some("`seq` is not a positive integer".into());
+    }
+    if !(is_hex("prev", 64) && is_hex("key_id", 16) && is_hex("sig", 128)) {
+        return Some("`prev`, `key_id` or `sig` is not lowercase hex of the right length".into());
+    }
+    if !o.get("ts").is_some_and(Value::is_string) || !o.get("kind").is_some_and(Value::is_string) {
+        return Some("`ts` or `kind` is missing".into());
+    }
+    (!numbers_ok(v)).then(|| "a number is not an integer within ±2^53".into())
 }
 
 fn column_mismatch(col: &Columns, v: &Value, hash: &str) -> Option<&'static str> {

@@ -96,17 +96,17 @@ pub async fn verify(
                 None => println!("ok: no records"),
                 Some((first, last)) => {
                     let keys: Vec<&str> = proof.key_ids.iter().map(String::as_str).collect();
-                    print!(
-                        "ok: verified seq {first}..{last} ({} records); prev of the first: {}; head: {}; key ids: {}",
+                    let checkpoint = proof
+                        .checkpoint
+                        .map(|seq| format!(", checkpoint seq {seq} matches"))
+                        .unwrap_or_default();
+                    println!(
+                        "ok: verified seq {first}..{last} ({} records), prev of first: {}, head: {}, key ids: {}{checkpoint}",
                         proof.count,
                         proof.first_prev,
                         proof.head,
                         keys.join(", ")
                     );
-                    match proof.checkpoint {
-                        Some(seq) => println!("; checkpoint at seq {seq} matches"),
-                        None => println!(),
-                    }
                 }
             }
             exit::OK
@@ -123,15 +123,27 @@ type Fed = Result<Result<(), crate::audit::verify::Invalid>, String>;
 fn feed_file(path: &Path, verifier: &mut LogVerifier) -> Fed {
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut chunk = Vec::with_capacity(CHUNK);
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
-        if line.is_empty() {
+    for bytes in std::io::BufReader::new(file).split(b'\n') {
+        let mut bytes = bytes.map_err(|e| format!("{}: {e}", path.display()))?;
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        if bytes.is_empty() {
             continue;
         }
-        chunk.push(Stored {
-            line,
-            columns: None,
-        });
+        let stored = match String::from_utf8(bytes) {
+            Ok(line) => Stored {
+                line,
+                columns: None,
+                malformed: None,
+            },
+            Err(e) => Stored {
+                line: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                columns: None,
+                malformed: Some("the line is not valid UTF-8".into()),
+            },
+        };
+        chunk.push(stored);
         if chunk.len() == CHUNK {
             if let Err(e) = verifier.feed(&chunk) {
                 return Ok(Err(e));
@@ -179,6 +191,7 @@ async fn feed_db(pool: &PgPool, verifier: &mut LogVerifier<'_>) -> Fed {
         chunk.push(Stored {
             line: record,
             columns: Some(columns),
+            malformed: None,
         });
         if chunk.len() == CHUNK {
             if let Err(e) = verifier.feed(&chunk) {

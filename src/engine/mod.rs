@@ -247,10 +247,15 @@ fn intent_event(
     started: DateTime<Utc>,
 ) -> Event {
     let mut f = rule_fields(rule, report, run_id);
-    f.insert(
-        "planned".into(),
-        json!({"matched": report.matched, "protected": report.protected, "total": report.total, "batches": report.batches}),
-    );
+    let mut planned = json!({"matched": report.matched, "protected": report.protected, "total": report.total, "batches": report.batches});
+    if let (Some(oldest), Some(obj)) = (report.oldest, planned.as_object_mut()) {
+        // The oldest due item: with the cutoff, how late the promise is.
+        obj.insert(
+            "oldest".into(),
+            crate::audit::record::format_ts(oldest).into(),
+        );
+    }
+    f.insert("planned".into(), planned);
     f.insert("config_sha256".into(), config.source.sha256.clone().into());
     f.insert(
         "started".into(),

@@ -93,9 +93,8 @@ async fn verify_untouched_log_from_db_config_and_export() {
     let out = verify(&env, &[]);
     assert_eq!(out.code, 0, "{out}");
     assert!(
-        out.stdout.starts_with(
-            "ok: verified seq 1..10 (10 records); prev of the first: 0000000000000000"
-        ),
+        out.stdout
+            .starts_with("ok: verified seq 1..10 (10 records), prev of first: 0000000000000000"),
         "{out}"
     );
     let key = env.public_key.display().to_string();
@@ -144,7 +143,7 @@ async fn verify_untouched_log_from_db_config_and_export() {
     assert_eq!(out.code, 0, "{out}");
     assert!(
         out.stdout.contains(&format!(
-            "verified seq 5..10 (6 records); prev of the first: {prev}"
+            "verified seq 5..10 (6 records), prev of first: {prev}"
         )),
         "{out}"
     );
@@ -196,7 +195,7 @@ async fn verify_catches_truncation_with_a_checkpoint() {
     assert_eq!(verify(&env, &["--checkpoint", &cp_s]).code, 0);
     assert!(verify(&env, &["--checkpoint", &cp_s])
         .stdout
-        .contains("checkpoint at seq 10 matches"));
+        .contains("checkpoint seq 10 matches"));
     tamper(&env, "DELETE FROM retentiond.audit_log WHERE seq >= 9").await;
     assert_eq!(
         verify(&env, &[]).code,
@@ -232,7 +231,9 @@ async fn verify_catches_other_keys_and_forged_key_ids() {
     .await;
     assert_invalid(&verify(&env, &[]), 5, "edited");
     let (env, _) = logged_env().await;
-    let legit = retentiond::audit::key::key_id(&retentiond::audit::key::load_public(&env.public_key).unwrap());
+    let legit = retentiond::audit::key::key_id(
+        &retentiond::audit::key::load_public(&env.public_key).unwrap(),
+    );
     resign(&env, 10, &other, &legit, |_| {}).await;
     assert_invalid(&verify(&env, &[]), 10, "bad signature");
 }
@@ -254,3 +255,142 @@ async fn verify_key_rotation_needs_both_keys() {
     assert_invalid(&verify(&env, &[]), 11, "unknown key");
 }
 
+/// Both verifiers' verdict: exit code and the `invalid: seq N: reason` part.
+fn verdicts(
+    env: &Env,
+    file: &std::path::Path,
+    checkpoint: Option<&std::path::Path>,
+) -> ((i32, String), (i32, String)) {
+    let key = env.public_key.display().to_string();
+    let file = file.display().to_string();
+    let mut ours = vec![
+        "audit",
+        "verify",
+        "--public-key",
+        key.as_str(),
+        "--file",
+        file.as_str(),
+    ];
+    let cp = checkpoint.map(|c| c.display().to_string());
+    let mut theirs = vec![
+        concat!(env!("CARGO_MANIFEST_DIR"), "/docs/verify_audit.py").to_string(),
+        "--public-key".into(),
+        key.clone(),
+    ];
+    if let Some(cp) = &cp {
+        ours.extend(["--checkpoint", cp.as_str()]);
+        theirs.extend(["--checkpoint".to_string(), cp.clone()]);
+    }
+    theirs.push(file.clone());
+    let ours = retentiond(&ours, &[]);
+    let py = std::process::Command::new("python3")
+        .args(&theirs)
+        .output()
+        .expect("python3 (scripts/test installs it)");
+    let py_out = String::from_utf8_lossy(&py.stdout).into_owned();
+    assert!(
+        !String::from_utf8_lossy(&py.stderr).contains("No module named"),
+        "the Python verifier needs the `cryptography` package (scripts/test installs it): {}",
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let verdict = |s: &str| {
+        s.lines()
+            .next()
+            .unwrap_or_default()
+            .splitn(4, ':')
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    (
+        (ours.code, verdict(&ours.stdout)),
+        (py.status.code().unwrap_or(-1), verdict(&py_out)),
+    )
+}
+
+#[tokio::test]
+async fn verify_python_verifier_agrees_on_good_and_tampered_exports() {
+    let (env, cfg) = logged_env().await;
+    let cfg_s = cfg.display().to_string();
+    let export = retentiond(&["audit", "export", "-c", &cfg_s], &[]).stdout;
+    let head = retentiond(&["audit", "head", "-c", &cfg_s], &[]).stdout;
+    let checkpoint = env.write("cp.jsonl", &head);
+    let lines: Vec<String> = export.lines().map(String::from).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (other, _, other_id) = retentiond::audit::key::generate(dir.path()).unwrap();
+    let other = Signer::load(&other).unwrap();
+    let resigned = |i: usize, key_id: &str| {
+        let mut v: Value = serde_json::from_str(&lines[i]).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("sig");
+        o.insert("key_id".into(), key_id.into());
+        v["sig"] = other.sign(canonical(&v).unwrap().as_bytes()).into();
+        canonical(&v).unwrap()
+    };
+    let legit: String = serde_json::from_str::<Value>(&lines[0]).unwrap()["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let variant = |f: &dyn Fn(&mut Vec<String>)| {
+        let mut l = lines.clone();
+        f(&mut l);
+        l.iter().map(|x| format!("{x}\n")).collect::<String>()
+    };
+    let cases: Vec<(&str, String, bool, &str)> = vec![
+        ("untouched", export.clone(), true, "ok"),
+        (
+            "edited",
+            variant(&|l| l[4] = l[4].replace("\"outcome\":\"ok\"", "\"outcome\":\"refused\"")),
+            false,
+            "invalid: seq 5: edited",
+        ),
+        (
+            "removed",
+            variant(&|l| drop(l.remove(5))),
+            false,
+            "invalid: seq 6: removed",
+        ),
+        (
+            "swapped",
+            variant(&|l| l.swap(4, 5)),
+            false,
+            "invalid: seq 6: reordered",
+        ),
+        (
+            "truncated",
+            variant(&|l| l.truncate(8)),
+            true,
+            "invalid: seq 10: truncated",
+        ),
+        (
+            "other key",
+            variant(&|l| l[6] = resigned(6, &other_id)),
+            false,
+            "invalid: seq 7: unknown key",
+        ),
+        (
+            "forged key id",
+            variant(&|l| l[6] = resigned(6, &legit)),
+            false,
+            "invalid: seq 7: edited",
+        ),
+        (
+            "forged last",
+            variant(&|l| l[9] = resigned(9, &legit)),
+            false,
+            "invalid: seq 10: bad signature",
+        ),
+    ];
+    for (name, text, with_checkpoint, expected) in cases {
+        let file = env.write(&format!("{}.jsonl", name.replace(' ', "-")), &text);
+        let (ours, theirs) = verdicts(&env, &file, with_checkpoint.then_some(checkpoint.as_path()));
+        assert!(
+            ours.1.starts_with(expected),
+            "{name}: retentiond said {ours:?}"
+        );
+        assert_eq!(
+            ours, theirs,
+            "{name}: retentiond and docs/verify_audit.py disagree"
+        );
+    }
+}
