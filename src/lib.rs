@@ -20,4 +20,5 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod plan;
+pub mod report;
 pub mod store;

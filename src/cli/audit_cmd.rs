@@ -307,3 +307,90 @@ pub async fn log(
         ),
     }
 }
+
+/// Report output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// One self-contained HTML file.
+    Html,
+    /// Markdown.
+    Md,
+    /// JSON.
+    Json,
+    /// CSV, one row per rule.
+    Csv,
+}
+
+/// `report`: what the signed records say about each promise in `[from, to)`.
+pub async fn report(
+    path: &Path,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    format: ReportFormat,
+    out: Option<&Path>,
+    public_keys: &[PathBuf],
+) -> i32 {
+    if from >= to {
+        return fail(exit::USAGE, "--from must be before --to");
+    }
+    let (pool, config) = match audit_pool(path).await {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let mut keys = Keyring::default();
+    if let Some(audit) = &config.audit {
+        match Signer::load(&audit.signing_key) {
+            Ok(s) => keys.add(s.verifying_key()),
+            Err(e) => return fail(exit::USAGE, e),
+        }
+    }
+    for p in public_keys {
+        match load_public(p) {
+            Ok(k) => keys.add(k),
+            Err(e) => return fail(exit::USAGE, e),
+        }
+    }
+    let mut verifier = LogVerifier::new(&keys, None);
+    let verification = match feed_db(&pool, &mut verifier).await {
+        Ok(Ok(())) => verifier.finish(),
+        Ok(Err(invalid)) => Err(invalid),
+        Err(e) => return fail(exit::FAILED, e),
+    };
+    let lines = sqlx::query_scalar::<_, String>(
+        "SELECT record FROM retentiond.audit_log WHERE ts >= $1 AND ts < $2 ORDER BY seq",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(&pool)
+    .await;
+    let records: Vec<serde_json::Value> = match lines {
+        Ok(lines) => lines
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect(),
+        Err(e) => return fail(exit::FAILED, format!("reading retentiond.audit_log: {e}")),
+    };
+    let verified = verification.is_ok();
+    let report = crate::report::build(&config, &records, from, to, verification);
+    let text = match format {
+        ReportFormat::Html => crate::report::html::render(&report),
+        ReportFormat::Md => crate::report::render::markdown(&report),
+        ReportFormat::Json => crate::report::render::json(&report),
+        ReportFormat::Csv => crate::report::render::csv(&report),
+    };
+    let written = match out {
+        Some(p) => std::fs::write(p, text).map_err(|e| format!("{}: {e}", p.display())),
+        None => std::io::stdout()
+            .write_all(text.as_bytes())
+            .map_err(|e| e.to_string()),
+    };
+    if let Err(e) = written {
+        return fail(exit::FAILED, e);
+    }
+    if verified {
+        exit::OK
+    } else {
+        eprintln!("warning: the audit log does not verify; the report says so");
+        INVALID
+    }
+}

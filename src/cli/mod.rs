@@ -119,6 +119,29 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// A purge report for auditors over [--from, --to): per rule, the
+    /// promise, runs, rows removed, compliance lag, guards, holds, failures.
+    Report {
+        /// The rules file.
+        #[arg(short, long, env = "RETENTIOND_CONFIG")]
+        config: PathBuf,
+        /// Start of the period (RFC 3339 or a date, UTC), inclusive.
+        #[arg(long, value_parser = parse_time)]
+        from: DateTime<Utc>,
+        /// End of the period, exclusive.
+        #[arg(long, value_parser = parse_time)]
+        to: DateTime<Utc>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = audit_cmd::ReportFormat::Html)]
+        format: audit_cmd::ReportFormat,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// More public keys to verify with (rotated keys); the config's
+        /// signing key is always used.
+        #[arg(long = "public-key")]
+        public_keys: Vec<PathBuf>,
+    },
     /// Read the audit log.
     Audit {
         /// What to read.
@@ -245,6 +268,14 @@ pub async fn run(cli: Cli) -> i32 {
             }
             Err(e) => fail(exit::FAILED, e),
         },
+        Command::Report {
+            config,
+            from,
+            to,
+            format,
+            out,
+            public_keys,
+        } => audit_cmd::report(&config, from, to, format, out.as_deref(), &public_keys).await,
         Command::Audit { command } => match command {
             AuditCommand::Log {
                 config,

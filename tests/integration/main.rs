@@ -10,4 +10,5 @@ mod config;
 mod delete;
 mod mask;
 mod online;
+mod report;
 mod verify;
