@@ -18,6 +18,7 @@
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod plan;
 pub mod report;

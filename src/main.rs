@@ -9,9 +9,9 @@ fn main() {
     let cli = Cli::parse();
     // Text output already shows every rule's result in a table; JSON logs are
     // for shipping, where the per-rule events are the point.
-    let default = match cli.log_format {
-        LogFormat::Json => "info,sqlx=warn",
-        LogFormat::Text => "warn",
+    let default = match (cli.log_format, &cli.command) {
+        (LogFormat::Json, _) | (_, retentiond::cli::Command::Serve { .. }) => "info,sqlx=warn",
+        (LogFormat::Text, _) => "warn",
     };
     let filter =
         EnvFilter::try_from_env("RETENTIOND_LOG").unwrap_or_else(|_| EnvFilter::new(default));

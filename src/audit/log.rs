@@ -187,3 +187,90 @@ impl AuditLog {
         file.sync_data().map_err(err)
     }
 }
+
+/// A rule claimed by this process: a session advisory lock on a connection
+/// of its own, opened for the claim (a long run must not hold a pooled
+/// connection). [`Claim::release`] unlocks it; if the process dies the
+/// connection closes and PostgreSQL releases the lock, so another replica can
+/// take the rule over.
+pub struct Claim {
+    conn: Option<sqlx::PgConnection>,
+    key: i64,
+}
+
+impl Claim {
+    /// Unlocks and closes the connection.
+    pub async fn release(mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(self.key)
+                .execute(&mut conn)
+                .await;
+            let _ = conn.close().await;
+        }
+    }
+}
+
+/// The advisory lock key of a rule: 8 bytes of SHA-256 of its name.
+pub fn claim_key(rule: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("retentiond rule {rule}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+impl AuditLog {
+    /// Claims `rule` for this process, or None when another process holds it.
+    pub async fn claim(&self, rule: &str) -> Result<Option<Claim>, AuditError> {
+        let key = claim_key(rule);
+        let mut conn = sqlx::PgConnection::connect_with(&self.pool.connect_options()).await?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut conn)
+            .await?;
+        if !got {
+            let _ = conn.close().await;
+            return Ok(None);
+        }
+        Ok(Some(Claim {
+            conn: Some(conn),
+            key,
+        }))
+    }
+
+    /// Intents of `rule` with no outcome. Called while holding the rule's
+    /// claim: nobody else can be running it, so these runs died.
+    pub async fn unfinished_runs(&self, rule: &str) -> Result<Vec<serde_json::Value>, AuditError> {
+        let lines: Vec<String> = sqlx::query_scalar(
+            "SELECT i.record FROM retentiond.audit_log i \
+             WHERE i.kind = 'run_intent' AND i.rule = $1 \
+               AND NOT EXISTS (SELECT 1 FROM retentiond.audit_log o WHERE o.kind = 'run_outcome' AND o.run_id = i.run_id) \
+             ORDER BY i.seq",
+        )
+        .bind(rule)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(lines
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+
+    /// True when a run of `rule` started at or after `since` (another
+    /// replica already served that schedule slot).
+    pub async fn ran_since(&self, rule: &str, since: DateTime<Utc>) -> Result<bool, AuditError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM retentiond.audit_log WHERE kind = 'run_intent' AND rule = $1 AND ts >= $2)",
+        )
+        .bind(rule)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// The pool (for readiness probes).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}

@@ -107,6 +107,22 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Run as a service: every rule on its schedule, /healthz, /readyz and
+    /// /metrics over HTTP; SIGTERM finishes the current batch and exits.
+    Serve {
+        /// The rules file.
+        #[arg(short, long, env = "RETENTIOND_CONFIG")]
+        config: PathBuf,
+        /// HTTP address for /healthz, /readyz and /metrics.
+        #[arg(long, default_value = "0.0.0.0:9464")]
+        listen: std::net::SocketAddr,
+        /// After SIGTERM, how long running rules get to finish their batch.
+        #[arg(long, default_value = "25s", value_parser = parse_grace)]
+        grace_period: std::time::Duration,
+        /// Rules running at the same time, at most.
+        #[arg(long, default_value_t = 2)]
+        max_concurrent_rules: usize,
+    },
     /// Create or update the audit schema (run as an admin role).
     Migrate {
         /// The rules file.
@@ -207,6 +223,10 @@ pub enum AuditCommand {
     },
 }
 
+fn parse_grace(text: &str) -> Result<std::time::Duration, String> {
+    crate::config::duration::parse_fixed(text).map_err(|e| format!("{e}: {}", e.help()))
+}
+
 /// Parses RFC 3339, or a date as midnight UTC.
 pub fn parse_time(text: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
@@ -258,6 +278,20 @@ pub async fn run(cli: Cli) -> i32 {
                 },
                 format,
             )
+            .await
+        }
+        Command::Serve {
+            config,
+            listen,
+            grace_period,
+            max_concurrent_rules,
+        } => {
+            crate::daemon::serve(crate::daemon::ServeOptions {
+                config,
+                listen,
+                grace: grace_period,
+                max_concurrent_rules,
+            })
             .await
         }
         Command::Migrate { config } => migrate_cmd(&config).await,
@@ -319,7 +353,7 @@ pub(crate) fn fail(code: i32, e: impl std::fmt::Display) -> i32 {
 }
 
 /// Loads the config, printing located problems (exit 2) on failure.
-pub(crate) fn load(path: &std::path::Path) -> Result<Config, i32> {
+pub fn load(path: &std::path::Path) -> Result<Config, i32> {
     match Config::load(path) {
         Ok(c) => Ok(c),
         Err(LoadError::Invalid(e)) => {

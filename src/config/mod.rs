@@ -68,6 +68,9 @@ pub struct Settings {
     pub lock_timeout: Duration,
     /// `statement_timeout` for each statement.
     pub statement_timeout: Duration,
+    /// The daemon starts each scheduled run up to this much later (a fixed
+    /// offset per rule), to spread rules that share a schedule.
+    pub jitter: Duration,
 }
 
 impl Default for Settings {
@@ -79,6 +82,7 @@ impl Default for Settings {
             max_clock_skew: Duration::from_secs(300),
             lock_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(60),
+            jitter: Duration::ZERO,
         }
     }
 }

@@ -41,6 +41,7 @@ pub struct RawDefaults {
     pub max_clock_skew: Option<SStr>,
     pub lock_timeout: Option<SStr>,
     pub statement_timeout: Option<SStr>,
+    pub jitter: Option<SStr>,
 }
 
 /// `[audit]`: where the signed records go and who signs them.
@@ -109,6 +110,7 @@ pub struct RawRule {
     pub max_clock_skew: Option<SStr>,
     pub lock_timeout: Option<SStr>,
     pub statement_timeout: Option<SStr>,
+    pub jitter: Option<SStr>,
 }
 
 /// A masking strategy: `"ip_prefix"` or `{ strategy = "hmac", key_env = "K" }`.

@@ -215,6 +215,7 @@ struct SettingsKeys<'a> {
     max_clock_skew: Option<&'a SStr>,
     lock_timeout: Option<&'a SStr>,
     statement_timeout: Option<&'a SStr>,
+    jitter: Option<&'a SStr>,
 }
 
 impl<'a> SettingsKeys<'a> {
@@ -226,6 +227,7 @@ impl<'a> SettingsKeys<'a> {
             max_clock_skew: d.and_then(|d| d.max_clock_skew.as_ref()),
             lock_timeout: d.and_then(|d| d.lock_timeout.as_ref()),
             statement_timeout: d.and_then(|d| d.statement_timeout.as_ref()),
+            jitter: d.and_then(|d| d.jitter.as_ref()),
         }
     }
 
@@ -237,6 +239,7 @@ impl<'a> SettingsKeys<'a> {
             max_clock_skew: r.max_clock_skew.as_ref(),
             lock_timeout: r.lock_timeout.as_ref(),
             statement_timeout: r.statement_timeout.as_ref(),
+            jitter: r.jitter.as_ref(),
         }
     }
 }
@@ -285,6 +288,7 @@ fn settings(cx: &mut Ctx, base: &Settings, keys: &SettingsKeys) -> Settings {
         (keys.max_clock_skew, &mut s.max_clock_skew),
         (keys.lock_timeout, &mut s.lock_timeout),
         (keys.statement_timeout, &mut s.statement_timeout),
+        (keys.jitter, &mut s.jitter),
     ] {
         if let Some(v) = value {
             if let Some(d) = cx.fixed(v) {

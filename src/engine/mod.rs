@@ -50,6 +50,17 @@ pub struct Runner<'a> {
     pub progress: &'a (dyn Progress + Sync),
 }
 
+/// What claiming a rule led to.
+#[derive(Debug)]
+pub enum Claimed {
+    /// This process ran it.
+    Ran(Box<RuleReport>),
+    /// Another process holds the rule's claim.
+    Busy,
+    /// Another replica already served this schedule slot.
+    AlreadyServed,
+}
+
 /// A run of several rules.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunReport {
@@ -135,7 +146,100 @@ impl Runner<'_> {
 
     /// Runs one rule: intent record, batches, outcome record.
     pub async fn run_rule(&self, rule: &Rule) -> RuleReport {
+        match self.run_rule_in_slot(rule, None).await {
+            Claimed::Ran(report) => *report,
+            Claimed::Busy => {
+                let mut r = RuleReport::new(rule);
+                r.outcome = Outcome::Refused;
+                r.reason = Some(
+                    "another retentiond process is running this rule now; nothing was done".into(),
+                );
+                r
+            }
+            // Only a daemon passes a slot; a CLI run is never "already served".
+            Claimed::AlreadyServed => RuleReport::new(rule),
+        }
+    }
+
+    /// Runs one rule if this process can claim it. With `slot` (the
+    /// scheduled time the daemon is serving), a slot another replica already
+    /// served is skipped.
+    pub async fn run_rule_in_slot(&self, rule: &Rule, slot: Option<DateTime<Utc>>) -> Claimed {
+        let claim = match self.audit.claim(&rule.name).await {
+            Ok(Some(c)) => c,
+            Ok(None) => return Claimed::Busy,
+            Err(e) => {
+                let mut r = RuleReport::new(rule);
+                r.outcome = Outcome::Failed;
+                r.reason = Some(format!("audit log unavailable, nothing was changed: {e}"));
+                return Claimed::Ran(Box::new(r));
+            }
+        };
+        if let Some(slot) = slot {
+            if matches!(self.audit.ran_since(&rule.name, slot).await, Ok(true)) {
+                claim.release().await;
+                return Claimed::AlreadyServed;
+            }
+        }
+        self.close_abandoned(rule).await;
+        let report = self.run_claimed(rule).await;
+        claim.release().await;
+        Claimed::Ran(Box::new(report))
+    }
+
+    /// Writes an `abandoned` outcome for every run of `rule` that announced
+    /// itself and never finished (its process died). Only called under the
+    /// rule's claim, when no other process can be running it.
+    async fn close_abandoned(&self, rule: &Rule) {
+        let dead = match self.audit.unfinished_runs(&rule.name).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(rule = %rule.name, error = %e, "Could not look for abandoned runs.");
+                return;
+            }
+        };
+        for intent in dead {
+            let mut f = Map::new();
+            for key in [
+                "run_id", "rule", "store", "target", "action", "keep", "cutoff", "started",
+            ] {
+                if let Some(v) = intent.get(key) {
+                    f.insert(key.into(), v.clone());
+                }
+            }
+            f.insert("outcome".into(), "abandoned".into());
+            f.insert(
+                "reason".into(),
+                format!(
+                    "the process running it ({}) stopped before writing an outcome; found by {}",
+                    intent["host"].as_str().unwrap_or("?"),
+                    host()
+                )
+                .into(),
+            );
+            f.insert(
+                "finished".into(),
+                crate::audit::record::format_ts(Utc::now()).into(),
+            );
+            if let Err(e) = self
+                .audit
+                .append(&Event {
+                    kind: "run_outcome",
+                    fields: f,
+                })
+                .await
+            {
+                tracing::warn!(rule = %rule.name, error = %e, "Could not record an abandoned run.");
+            } else {
+                tracing::warn!(rule = %rule.name, run_id = intent["run_id"].as_str().unwrap_or("?"), "Recorded an abandoned run.");
+            }
+        }
+    }
+
+    /// Runs one rule this process has claimed.
+    async fn run_claimed(&self, rule: &Rule) -> RuleReport {
         let run_id = uuid::Uuid::new_v4().to_string();
+        // Taken after the claim: the records alone show runs never overlap.
         let started = Utc::now();
         let prepared = plan::prepare(
             self.config,

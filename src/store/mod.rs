@@ -48,6 +48,11 @@ impl Stores {
         Ok(Stores { postgres })
     }
 
+    /// Every postgres store, by name.
+    pub fn all_postgres(&self) -> impl Iterator<Item = (&str, &PgStore)> {
+        self.postgres.iter().map(|(n, p)| (n.as_str(), p))
+    }
+
     /// The postgres store `name`.
     pub fn postgres(&self, name: &str) -> Option<&PgStore> {
         self.postgres.get(name)

@@ -556,12 +556,13 @@ async fn delete_killed_midway_then_rerun_finishes_with_honest_trail() {
     let intents = chain::of(&records, "run_intent", "big");
     let outcomes = chain::of(&records, "run_outcome", "big");
     assert_eq!(intents.len(), 2, "both runs announced themselves");
-    assert_eq!(
-        outcomes.len(),
-        1,
-        "the killed run has no outcome: visible as such"
-    );
-    assert_eq!(outcomes[0]["run_id"], intents[1]["run_id"]);
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    // The rerun, holding the rule's claim, closed the killed run honestly
+    // before starting its own.
+    assert_eq!(outcomes[0]["run_id"], intents[0]["run_id"]);
+    assert_eq!(outcomes[0]["outcome"], "abandoned");
+    assert_eq!(outcomes[1]["run_id"], intents[1]["run_id"]);
+    assert_eq!(outcomes[1]["outcome"], "ok");
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ mod util;
 
 mod audit;
 mod config;
+mod daemon;
 mod delete;
 mod mask;
 mod online;

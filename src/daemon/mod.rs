@@ -1,0 +1,445 @@
+//! `retentiond serve`: the long-running service.
+//!
+//! Each rule runs on its schedule ([`schedule`]); several replicas coordinate
+//! through the audit store (a per-rule advisory lock, see
+//! [`crate::audit::log::Claim`]); `/healthz`, `/readyz` and `/metrics` are
+//! served over HTTP ([`http`], [`metrics`]). SIGTERM or SIGINT stop the
+//! scheduling, let running rules finish their current batch within the grace
+//! period and record `interrupted`; SIGHUP reloads the rules file (a bad file
+//! keeps the old config). Store outages are retried with capped exponential
+//! backoff and reported as not ready; they never end the process.
+
+pub mod http;
+pub mod metrics;
+pub mod schedule;
+
+use crate::audit::{AuditLog, Event, Signer};
+use crate::config::Config;
+use crate::engine::{Cancel, Claimed, Runner};
+use crate::plan::PlanOptions;
+use crate::store::Stores;
+use chrono::Utc;
+use metrics::Metrics;
+use schedule::RuleSchedule;
+use serde_json::Map;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+
+/// How `serve` was started.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The rules file.
+    pub config: PathBuf,
+    /// HTTP address.
+    pub listen: SocketAddr,
+    /// How long running rules get to finish their batch after SIGTERM.
+    pub grace: Duration,
+    /// Rules run at the same time, at most.
+    pub max_concurrent_rules: usize,
+}
+
+/// State the HTTP handlers read.
+pub struct Shared {
+    /// The metrics.
+    pub metrics: Metrics,
+    /// Config loaded and every store answering.
+    pub ready: AtomicBool,
+}
+
+/// Everything one config generation needs.
+struct Generation {
+    config: Arc<Config>,
+    stores: Arc<Stores>,
+    audit: Arc<AuditLog>,
+    schedules: Vec<(String, RuleSchedule)>,
+}
+
+/// Capped exponential backoff for store outages.
+const BACKOFF_START: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// Runs the service until a signal stops it; returns the exit code.
+pub async fn serve(options: ServeOptions) -> i32 {
+    let config = match crate::cli::load(&options.config) {
+        Ok(c) => Arc::new(c),
+        Err(code) => return code,
+    };
+    if config.audit.is_none() {
+        eprintln!("error: serve writes audit records and needs an [audit] section");
+        return crate::cli::exit::USAGE;
+    }
+    let metrics = match Metrics::new() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: metrics: {e}");
+            return crate::cli::exit::FAILED;
+        }
+    };
+    let shared = Arc::new(Shared {
+        metrics,
+        ready: AtomicBool::new(false),
+    });
+    let listener = match tokio::net::TcpListener::bind(options.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", options.listen);
+            return crate::cli::exit::FAILED;
+        }
+    };
+    tracing::info!(listen = %options.listen, rules = config.rules.len(), "Serving.");
+    let stop = Cancel::default();
+    let http_stop = stop.clone();
+    let http = tokio::spawn(http::serve(listener, shared.clone(), http_stop));
+    let (signals_tx, mut signals) = mpsc::unbounded_channel();
+    spawn_signal_handlers(signals_tx);
+
+    let mut generation = match connect(&config, &shared, &stop, &mut signals).await {
+        Some(g) => g,
+        None => return finish(http, 0).await,
+    };
+    let cancel = Cancel::default();
+    let limit = Arc::new(Semaphore::new(options.max_concurrent_rules.max(1)));
+    let (done_tx, mut done) = mpsc::unbounded_channel::<String>();
+    let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut next = next_runs(&generation, &running);
+    let probe = spawn_probe(
+        shared.clone(),
+        generation.stores.clone(),
+        generation.audit.clone(),
+    );
+    let mut probe = Some(probe);
+
+    loop {
+        let due = next
+            .iter()
+            .filter(|(name, _)| !running.contains_key(*name))
+            .map(|(_, (_, start))| *start)
+            .min();
+        let sleep = due.map_or(Duration::from_secs(3600), |d| {
+            (d - Utc::now()).to_std().unwrap_or(Duration::ZERO)
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {
+                let now = Utc::now();
+                let ready: Vec<(String, chrono::DateTime<Utc>)> = next
+                    .iter()
+                    .filter(|(name, (_, start))| *start <= now && !running.contains_key(*name))
+                    .map(|(name, (slot, _))| (name.clone(), *slot))
+                    .collect();
+                for (name, slot) in ready {
+                    next.remove(&name);
+                    let handle = spawn_rule(&generation, &shared, &cancel, &limit, &done_tx, name.clone(), slot);
+                    running.insert(name, handle);
+                }
+            }
+            Some(name) = done.recv() => {
+                running.remove(&name);
+                // From now: a long run delays its next slot rather than stacking.
+                if let Some((_, s)) = generation.schedules.iter().find(|(n, _)| n == &name) {
+                    if let Some(when) = s.next(Utc::now()) {
+                        next.insert(name, when);
+                    }
+                }
+            }
+            Some(signal) = signals.recv() => match signal {
+                Signal::Stop => break,
+                Signal::Reload => {
+                    match reload(&options, &generation, &shared).await {
+                        Some(g) => {
+                            generation = g;
+                            next = next_runs(&generation, &running);
+                            if let Some(p) = probe.take() {
+                                p.abort();
+                            }
+                            probe = Some(spawn_probe(shared.clone(), generation.stores.clone(), generation.audit.clone()));
+                        }
+                        None => continue,
+                    }
+                }
+            }
+        }
+    }
+
+    // Stop: no new runs; running ones finish their current batch.
+    tracing::info!(
+        running = running.len(),
+        grace_seconds = options.grace.as_secs(),
+        "Stopping: finishing the current batches."
+    );
+    cancel.cancel();
+    let all = futures_util::future::join_all(running.into_values());
+    if tokio::time::timeout(options.grace, all).await.is_err() {
+        tracing::error!(
+            "Grace period over with a batch still running; exiting (PostgreSQL rolls it back)."
+        );
+    }
+    if let Some(p) = probe {
+        p.abort();
+    }
+    stop.cancel();
+    finish(http, 0).await
+}
+
+async fn finish(http: tokio::task::JoinHandle<()>, code: i32) -> i32 {
+    http.abort();
+    let _ = http.await;
+    code
+}
+
+/// Signals the main loop reacts to.
+enum Signal {
+    Stop,
+    Reload,
+}
+
+fn spawn_signal_handlers(tx: mpsc::UnboundedSender<Signal>) {
+    let stop = tx.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = stop.send(Signal::Stop);
+        }
+    });
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let stop = tx.clone();
+        tokio::spawn(async move {
+            if let Ok(mut s) = signal(SignalKind::terminate()) {
+                s.recv().await;
+                tracing::info!("SIGTERM received.");
+                let _ = stop.send(Signal::Stop);
+            }
+        });
+        tokio::spawn(async move {
+            if let Ok(mut s) = signal(SignalKind::hangup()) {
+                while s.recv().await.is_some() {
+                    tracing::info!("SIGHUP received: reloading the rules file.");
+                    if tx.send(Signal::Reload).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Opens the stores and the audit log, retrying with capped exponential
+/// backoff (not ready meanwhile) until they answer or a stop signal comes.
+async fn connect(
+    config: &Arc<Config>,
+    shared: &Shared,
+    stop: &Cancel,
+    signals: &mut mpsc::UnboundedReceiver<Signal>,
+) -> Option<Generation> {
+    let mut backoff = BACKOFF_START;
+    loop {
+        match open_generation(config).await {
+            Ok(g) => {
+                record_config(&g, "serve").await;
+                return Some(g);
+            }
+            Err((store, e)) => {
+                shared.ready.store(false, Ordering::SeqCst);
+                shared.metrics.set_ready(false);
+                shared.metrics.store_error(&store);
+                tracing::warn!(store = %store, error = %e, retry_in_seconds = backoff.as_secs(), "Store unavailable; retrying.");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            Some(Signal::Stop) = signals.recv() => return None,
+        }
+        if stop.is_cancelled() {
+            return None;
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn open_generation(config: &Arc<Config>) -> Result<Generation, (String, String)> {
+    let audit_cfg = config
+        .audit
+        .as_ref()
+        .ok_or(("audit".to_string(), "no [audit] section".to_string()))?;
+    let stores = Stores::open(config).map_err(|e| (e.store.clone(), e.to_string()))?;
+    let pg = stores
+        .postgres(&audit_cfg.store)
+        .ok_or((audit_cfg.store.clone(), "not a postgres store".to_string()))?;
+    let signer =
+        Signer::load(&audit_cfg.signing_key).map_err(|e| ("audit".to_string(), e.to_string()))?;
+    let audit = AuditLog::open(pg.pool.clone(), signer, audit_cfg.jsonl.clone())
+        .await
+        .map_err(|e| (audit_cfg.store.clone(), e.to_string()))?;
+    let mut schedules = Vec::new();
+    for rule in &config.rules {
+        match RuleSchedule::new(&rule.name, &rule.settings.schedule, rule.settings.jitter) {
+            Ok(s) => schedules.push((rule.name.clone(), s)),
+            Err(e) => {
+                return Err((
+                    "config".to_string(),
+                    format!("rule {}: schedule: {e}", rule.name),
+                ))
+            }
+        }
+    }
+    Ok(Generation {
+        config: config.clone(),
+        stores: Arc::new(stores),
+        audit: Arc::new(audit),
+        schedules,
+    })
+}
+
+async fn record_config(g: &Generation, command: &str) {
+    let mut fields = Map::new();
+    fields.insert(
+        "config_sha256".into(),
+        g.config.source.sha256.clone().into(),
+    );
+    fields.insert(
+        "config_path".into(),
+        g.config.source.path.display().to_string().into(),
+    );
+    fields.insert("host".into(), crate::engine::host().into());
+    fields.insert("command".into(), command.into());
+    if let Err(e) = g
+        .audit
+        .append(&Event {
+            kind: "config_loaded",
+            fields,
+        })
+        .await
+    {
+        tracing::error!(error = %e, "Could not record the loaded config.");
+    }
+}
+
+/// Validates the file again; a bad file keeps the running config.
+async fn reload(
+    options: &ServeOptions,
+    current: &Generation,
+    shared: &Shared,
+) -> Option<Generation> {
+    let config = match Config::load(&options.config) {
+        Ok(c) => Arc::new(c),
+        Err(crate::config::LoadError::Invalid(e)) => {
+            let first = e.problems.first().map(|p| {
+                let (line, col) = e.line_col(p.span.offset());
+                format!("{}:{line}:{col}: {}", e.path, p.message)
+            });
+            tracing::error!(
+                problems = e.problems.len(),
+                first = first.unwrap_or_default(),
+                "Reload refused: the rules file has problems; keeping the running config."
+            );
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "Reload refused; keeping the running config.");
+            return None;
+        }
+    };
+    if config.source.sha256 == current.config.source.sha256 {
+        tracing::info!("Reload: the rules file is unchanged.");
+        return None;
+    }
+    match open_generation(&config).await {
+        Ok(g) => {
+            record_config(&g, "serve (reload)").await;
+            tracing::info!(rules = g.config.rules.len(), "Reloaded the rules file.");
+            Some(g)
+        }
+        Err((store, e)) => {
+            shared.metrics.store_error(&store);
+            tracing::error!(store = %store, error = %e, "Reload refused: a store of the new config is unavailable; keeping the running config.");
+            None
+        }
+    }
+}
+
+/// The next slot and start time of every rule not running now.
+fn next_runs(
+    g: &Generation,
+    running: &HashMap<String, tokio::task::JoinHandle<()>>,
+) -> HashMap<String, (chrono::DateTime<Utc>, chrono::DateTime<Utc>)> {
+    let now = Utc::now();
+    g.schedules
+        .iter()
+        .filter(|(name, _)| !running.contains_key(name))
+        .filter_map(|(name, s)| s.next(now).map(|n| (name.clone(), n)))
+        .collect()
+}
+
+fn spawn_rule(
+    g: &Generation,
+    shared: &Arc<Shared>,
+    cancel: &Cancel,
+    limit: &Arc<Semaphore>,
+    done: &mpsc::UnboundedSender<String>,
+    name: String,
+    slot: chrono::DateTime<Utc>,
+) -> tokio::task::JoinHandle<()> {
+    let (config, stores, audit) = (g.config.clone(), g.stores.clone(), g.audit.clone());
+    let (shared, cancel, limit, done) =
+        (shared.clone(), cancel.clone(), limit.clone(), done.clone());
+    tokio::spawn(async move {
+        let _permit = limit.acquire_owned().await;
+        if let Some(rule) = config.rules.iter().find(|r| r.name == name) {
+            if !cancel.is_cancelled() {
+                let runner = Runner {
+                    config: &config,
+                    stores: &stores,
+                    audit: &audit,
+                    options: PlanOptions {
+                        for_run: true,
+                        ..PlanOptions::default()
+                    },
+                    cancel: cancel.clone(),
+                    progress: &(),
+                };
+                let started = std::time::Instant::now();
+                match runner.run_rule_in_slot(rule, Some(slot)).await {
+                    Claimed::Ran(report) => shared
+                        .metrics
+                        .record(&report, started.elapsed().as_secs_f64()),
+                    Claimed::Busy => {
+                        tracing::debug!(rule = %name, "Another replica is running this rule.")
+                    }
+                    Claimed::AlreadyServed => {
+                        tracing::debug!(rule = %name, "Another replica already served this slot.")
+                    }
+                }
+            }
+        }
+        let _ = done.send(name);
+    })
+}
+
+/// Probes every store every 10 s: ready when all answer.
+fn spawn_probe(
+    shared: Arc<Shared>,
+    stores: Arc<Stores>,
+    audit: Arc<AuditLog>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let mut ok = sqlx::query("SELECT 1").execute(audit.pool()).await.is_ok();
+            for (name, pg) in stores.all_postgres() {
+                if sqlx::query("SELECT 1").execute(&pg.pool).await.is_err() {
+                    shared.metrics.store_error(name);
+                    ok = false;
+                }
+            }
+            if ok != shared.ready.swap(ok, Ordering::SeqCst) {
+                tracing::info!(ready = ok, "Readiness changed.");
+            }
+            shared.metrics.set_ready(ok);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    })
+}

@@ -1,0 +1,357 @@
+//! `retentiond serve` as an operator sees it: schedules, endpoints, two
+//! replicas, kill -9, SIGTERM, SIGHUP.
+
+use crate::chain;
+use crate::util::*;
+use retentiond::audit::key::load_public;
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Daemon {
+    child: Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(cfg: &std::path::Path, log_name: &str, grace: &str) -> Daemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = cfg.with_file_name(log_name);
+        let child = Command::new(BIN)
+            .args([
+                "serve",
+                "-c",
+                &cfg.display().to_string(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--grace-period",
+                grace,
+            ])
+            .args(["--log-format", "json"])
+            .env("RETENTIOND_LOG", "info,sqlx=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start serve");
+        Daemon { child, port, log }
+    }
+
+    /// GET `path` with a raw HTTP/1.1 request: (status, body).
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let status = out.split_whitespace().nth(1)?.parse().ok()?;
+        Some((
+            status,
+            out.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default(),
+        ))
+    }
+
+    fn wait_ready(&self) {
+        let start = Instant::now();
+        while self.get("/readyz").map(|r| r.0) != Some(200) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "never ready:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        assert!(Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// SIGTERM, then wait: (exit code, how long it took).
+    fn terminate(mut self) -> (Option<i32>, Duration, String) {
+        let start = Instant::now();
+        self.signal("-TERM");
+        let status = self.child.wait().unwrap();
+        (status.code(), start.elapsed(), self.logs())
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rule(name: &str, table: &str, schedule: &str, extra: &str) -> String {
+    format!("[[rules]]\nname = \"{name}\"\nstore = \"app\"\ntable = \"{table}\"\nage = \"at\"\nkeep = \"30d\"\naction = \"delete\"\nmax_fraction = 1.0\nschedule = \"{schedule}\"\n{extra}\n")
+}
+
+async fn wait_for(env: &Env, sql: &str, what: &str) {
+    let start = Instant::now();
+    while env.db.count(sql).await == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const BIG: &str = "CREATE TABLE big (id bigserial primary key, at timestamptz not null, pad text);
+     INSERT INTO big (at, pad) SELECT now() - interval '40 days', repeat('x', 50) FROM generate_series(1, 200000);
+     INSERT INTO big (at, pad) SELECT now(), 'young' FROM generate_series(1, 1000);";
+
+/// (run_id, started, finished) of every finished run of `rule`, in order.
+fn runs(records: &[Value], rule: &str) -> Vec<(String, String, String)> {
+    let intents = chain::of(records, "run_intent", rule);
+    chain::of(records, "run_outcome", rule)
+        .into_iter()
+        .filter_map(|o| {
+            let i = intents.iter().find(|i| i["run_id"] == o["run_id"])?;
+            Some((
+                o["run_id"].as_str()?.to_string(),
+                i["started"].as_str()?.to_string(),
+                o["finished"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn daemon_runs_on_schedule_and_serves_health_ready_metrics() {
+    let env = Env::new().await;
+    env.db.exec("CREATE TABLE t (id int primary key, at timestamptz); INSERT INTO t SELECT i, now() - (i * 2 || ' days')::interval FROM generate_series(1, 30) i;").await;
+    let cfg = env.config(&rule("t-30d", "t", "* * * * * *", ""));
+    let d = Daemon::start(&cfg, "serve.log", "5s");
+    let start = Instant::now();
+    while d.get("/healthz").map(|r| r.0) != Some(200) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "/healthz never answered:\n{}",
+            d.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.wait_ready();
+    wait_for(
+        &env,
+        "SELECT count(*) FROM retentiond.audit_log WHERE kind = 'run_outcome'",
+        "a scheduled run",
+    )
+    .await;
+    let (status, metrics) = d.get("/metrics").unwrap();
+    assert_eq!(status, 200);
+    for line in [
+        "retentiond_rows_deleted_total{rule=\"t-30d\"} 16",
+        "retentiond_runs_total{outcome=\"ok\",rule=\"t-30d\"}",
+        "retentiond_run_duration_seconds_bucket{rule=\"t-30d\",le=\"+Inf\"}",
+        "retentiond_last_success_timestamp_seconds{rule=\"t-30d\"}",
+        "retentiond_overdue_items{rule=\"t-30d\"} 0",
+        "retentiond_compliance_lag_seconds{rule=\"t-30d\"} 0",
+        "retentiond_ready 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in:\n{metrics}");
+    }
+    let (code, took, logs) = d.terminate();
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        logs.contains("\"message\":\"Rule run finished.\""),
+        "one JSON event per rule run:\n{logs}"
+    );
+    assert!(!logs.contains("203.0.113"), "logs carry no row contents");
+}
+
+#[tokio::test]
+async fn daemon_two_replicas_never_run_a_rule_at_once_and_kill9_is_taken_over() {
+    let env = Env::new().await;
+    env.db.exec(BIG).await;
+    let cfg = env.config(&rule("big", "big", "* * * * * *", "batch_size = 20"));
+    // A starts alone and claims the rule; B comes up while A is purging.
+    let a = Daemon::start(&cfg, "a.log", "10s");
+    a.wait_ready();
+    // Wait until one of them is deleting, then kill -9 whichever holds the rule.
+    wait_for(
+        &env,
+        "SELECT (count(*) < 195000)::int::int8 FROM big",
+        "the purge to start",
+    )
+    .await;
+    // B ticks every second but cannot claim the rule while A holds it.
+    let b = Daemon::start(&cfg, "b.log", "10s");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut a = a;
+    assert!(
+        env.db.count("SELECT count(*) FROM big").await > 20_000,
+        "A is still purging when it is killed"
+    );
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
+    wait_for(
+        &env,
+        "SELECT (count(*) = 1000)::int::int8 FROM big",
+        "the surviving replica to finish the purge",
+    )
+    .await;
+    // Let B run a few more (empty) scheduled runs.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (code, _, logs) = b.terminate();
+    assert_eq!(code, Some(0), "{logs}");
+
+    let records = chain::assert_valid(&env.db.pool, &load_public(&env.public_key).unwrap()).await;
+    let mut spans = runs(&records, "big");
+    let abandoned: Vec<&Value> = chain::of(&records, "run_outcome", "big")
+        .into_iter()
+        .filter(|o| o["outcome"] == "abandoned")
+        .collect();
+    spans.sort_by(|x, y| x.1.cmp(&y.1));
+    assert!(spans.len() >= 3, "several runs: {spans:?}");
+    for pair in spans.windows(2) {
+        // An abandoned run's "finished" is when the survivor noticed it.
+        let first_abandoned = abandoned.iter().any(|o| o["run_id"] == pair[0].0.as_str());
+        if !first_abandoned {
+            assert!(
+                pair[0].2 <= pair[1].1,
+                "runs overlap: {:?} and {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+    }
+    let deleted: i64 = chain::of(&records, "run_outcome", "big")
+        .iter()
+        .filter_map(|o| o["counts"]["affected"].as_i64())
+        .sum();
+    let killed_committed = 200_000 - deleted;
+    assert!(
+        killed_committed > 0,
+        "A committed batches before it was killed, which no outcome counts"
+    );
+    // If A was mid-run when killed, its run is closed as abandoned by B.
+    let unfinished: Vec<&Value> = chain::of(&records, "run_intent", "big")
+        .into_iter()
+        .filter(|i| {
+            !chain::of(&records, "run_outcome", "big")
+                .iter()
+                .any(|o| o["run_id"] == i["run_id"])
+        })
+        .collect();
+    assert!(
+        unfinished.is_empty(),
+        "every intent has an outcome (abandoned ones included): {unfinished:?}"
+    );
+    assert_eq!(abandoned.len(), 1, "B recorded A's killed run as abandoned");
+    assert!(abandoned[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("stopped before writing an outcome"));
+}
+
+#[tokio::test]
+async fn daemon_sigterm_during_a_long_purge_exits_within_grace_and_records_interrupted() {
+    let env = Env::new().await;
+    env.db.exec(BIG).await;
+    let cfg = env.config(&rule("big", "big", "* * * * * *", "batch_size = 20"));
+    let d = Daemon::start(&cfg, "serve.log", "5s");
+    d.wait_ready();
+    wait_for(
+        &env,
+        "SELECT (count(*) < 195000)::int::int8 FROM big",
+        "the purge to start",
+    )
+    .await;
+    let (code, took, logs) = d.terminate();
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(took < Duration::from_secs(5), "exited after {took:?}");
+    let records = chain::assert_valid(&env.db.pool, &load_public(&env.public_key).unwrap()).await;
+    let outcomes = chain::of(&records, "run_outcome", "big");
+    let last = outcomes.last().expect("an outcome");
+    assert_eq!(last["outcome"], "interrupted", "{last}");
+    let affected: i64 = outcomes
+        .iter()
+        .filter_map(|o| o["counts"]["affected"].as_i64())
+        .sum();
+    assert_eq!(
+        env.db.count("SELECT count(*) FROM big").await,
+        201_000 - affected,
+        "no half-committed batch"
+    );
+}
+
+#[tokio::test]
+async fn daemon_reloads_on_sighup_and_keeps_the_old_config_when_the_new_is_bad() {
+    let env = Env::new().await;
+    env.db.exec(
+        "CREATE TABLE a (id int primary key, at timestamptz); INSERT INTO a SELECT i, now() - interval '40 days' FROM generate_series(1, 5) i;
+         CREATE TABLE b (id int primary key, at timestamptz); INSERT INTO b SELECT i, now() - interval '40 days' FROM generate_series(1, 5) i;",
+    )
+    .await;
+    let cfg = env.config(&rule("a", "a", "* * * * * *", ""));
+    let d = Daemon::start(&cfg, "serve.log", "5s");
+    d.wait_ready();
+    wait_for(&env, "SELECT (count(*) = 0)::int::int8 FROM a", "rule a").await;
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}{}{}",
+            env.header(),
+            rule("a", "a", "* * * * * *", ""),
+            rule("b", "b", "* * * * * *", "")
+        ),
+    )
+    .unwrap();
+    d.signal("-HUP");
+    wait_for(
+        &env,
+        "SELECT (count(*) = 0)::int::int8 FROM b",
+        "rule b after the reload",
+    )
+    .await;
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}[[rules]]\nname = \"broken\"\nkeep = \"soon\"\n",
+            env.header()
+        ),
+    )
+    .unwrap();
+    d.signal("-HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        d.get("/readyz").map(|r| r.0),
+        Some(200),
+        "still serving the old config"
+    );
+    let (code, _, logs) = d.terminate();
+    assert_eq!(code, Some(0));
+    assert!(logs.contains("Reload refused"), "{logs}");
+    let records = chain::assert_valid(&env.db.pool, &load_public(&env.public_key).unwrap()).await;
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["kind"] == "config_loaded")
+            .count(),
+        2,
+        "start and the good reload"
+    );
+}
