@@ -194,14 +194,31 @@ impl AuditLog {
 /// connection closes and PostgreSQL releases the lock, so another replica can
 /// take the rule over.
 pub struct Claim {
-    conn: Option<sqlx::PgConnection>,
+    conn: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
     key: i64,
 }
 
 impl Claim {
+    /// True while the claim's session is alive. The claim is one dedicated
+    /// connection (never a reconnecting pool), so a live session still holds
+    /// the lock; after a database restart it does not, and another replica
+    /// may claim the rule.
+    pub async fn held(&self) -> bool {
+        let mut guard = self.conn.lock().await;
+        let Some(conn) = guard.as_mut() else {
+            return false;
+        };
+        let alive = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            sqlx::query("SELECT 1").execute(&mut *conn),
+        )
+        .await;
+        matches!(alive, Ok(Ok(_)))
+    }
+
     /// Unlocks and closes the connection.
-    pub async fn release(mut self) {
-        if let Some(mut conn) = self.conn.take() {
+    pub async fn release(self) {
+        if let Some(mut conn) = self.conn.into_inner() {
             let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
                 .bind(self.key)
                 .execute(&mut conn)
@@ -234,7 +251,7 @@ impl AuditLog {
             return Ok(None);
         }
         Ok(Some(Claim {
-            conn: Some(conn),
+            conn: tokio::sync::Mutex::new(Some(conn)),
             key,
         }))
     }

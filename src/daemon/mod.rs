@@ -420,7 +420,22 @@ fn spawn_rule(
     })
 }
 
-/// Probes every store every 10 s: ready when all answer.
+/// True when the store answers `SELECT 1` within [`PROBE_TIMEOUT`] (a pool
+/// waits far longer for a connection when the server is down).
+async fn answers(pool: &sqlx::PgPool) -> bool {
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// How long a readiness probe waits for a store.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often readiness is probed.
+const PROBE_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Probes every store every [`PROBE_INTERVAL`]: ready when all answer.
 fn spawn_probe(
     shared: Arc<Shared>,
     stores: Arc<Stores>,
@@ -428,9 +443,9 @@ fn spawn_probe(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let mut ok = sqlx::query("SELECT 1").execute(audit.pool()).await.is_ok();
+            let mut ok = answers(audit.pool()).await;
             for (name, pg) in stores.all_postgres() {
-                if sqlx::query("SELECT 1").execute(&pg.pool).await.is_err() {
+                if !answers(&pg.pool).await {
                     shared.metrics.store_error(name);
                     ok = false;
                 }
@@ -439,7 +454,7 @@ fn spawn_probe(
                 tracing::info!(ready = ok, "Readiness changed.");
             }
             shared.metrics.set_ready(ok);
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            tokio::time::sleep(PROBE_INTERVAL).await;
         }
     })
 }

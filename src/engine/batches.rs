@@ -3,6 +3,7 @@
 //! more) per short transaction.
 
 use super::Cancel;
+use crate::audit::log::Claim;
 use crate::config::Rule;
 use crate::plan::{describe_db_error, Outcome};
 use crate::store::postgres::batch;
@@ -14,6 +15,9 @@ use std::time::Duration;
 /// Largest window of heap pages one batch scans (128 MiB of 8 KiB pages):
 /// bounds a statement's time when matches are sparse.
 const MAX_WINDOW_PAGES: u32 = 16_384;
+
+/// How often a running rule checks that it still holds its claim.
+const CLAIM_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often a batch is retried after a serialization failure or deadlock
 /// (someone else changed its rows meanwhile) before the rule fails.
@@ -72,15 +76,18 @@ enum Attempt {
 }
 
 /// Executes a resolved rule. `cap` is the most rows the run may change.
+#[allow(clippy::too_many_arguments)]
 pub async fn execute(
     pg: &PgStore,
     rule: &Rule,
     resolved: &ResolvedRule,
     cap: Option<i64>,
     cancel: &Cancel,
+    claim: Option<&Claim>,
     progress: &(dyn Progress + Sync),
     expected: i64,
 ) -> Executed {
+    let mut claim_checked = std::time::Instant::now();
     let mut done = Executed {
         affected: 0,
         batches: 0,
@@ -103,6 +110,17 @@ pub async fn execute(
                     done.batches
                 );
                 return done.stop(Outcome::Interrupted, reason);
+            }
+            if let Some(claim) = claim.filter(|_| claim_checked.elapsed() >= CLAIM_CHECK_INTERVAL) {
+                if !claim.held().await {
+                    let reason = format!(
+                        "lost the rule's claim after {} batches (the audit store's session ended, e.g. a database restart); \
+                         stopped so that no other replica runs this rule at the same time; a rerun resumes",
+                        done.batches
+                    );
+                    return done.stop(Outcome::Interrupted, reason);
+                }
+                claim_checked = std::time::Instant::now();
             }
             let hi = lo.saturating_add(window).min(pages);
             let remaining = cap.map(|c| c - done.affected);

@@ -182,7 +182,7 @@ impl Runner<'_> {
             }
         }
         self.close_abandoned(rule).await;
-        let report = self.run_claimed(rule).await;
+        let report = self.run_claimed(rule, &claim).await;
         claim.release().await;
         Claimed::Ran(Box::new(report))
     }
@@ -237,7 +237,7 @@ impl Runner<'_> {
     }
 
     /// Runs one rule this process has claimed.
-    async fn run_claimed(&self, rule: &Rule) -> RuleReport {
+    async fn run_claimed(&self, rule: &Rule, claim: &crate::audit::log::Claim) -> RuleReport {
         let run_id = uuid::Uuid::new_v4().to_string();
         // Taken after the claim: the records alone show runs never overlap.
         let started = Utc::now();
@@ -275,6 +275,7 @@ impl Runner<'_> {
                             &resolved,
                             cap,
                             &self.cancel,
+                            Some(claim),
                             self.progress,
                             report.matched,
                         )

@@ -355,3 +355,107 @@ async fn daemon_reloads_on_sighup_and_keeps_the_old_config_when_the_new_is_bad()
         "start and the good reload"
     );
 }
+
+#[tokio::test]
+async fn daemon_survives_a_database_restart_mid_run() {
+    let pc = crate::pg::PrivateCluster::start();
+    let url = pc.url("postgres");
+    let connect = || {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+    };
+    sqlx::raw_sql(BIG)
+        .execute(&connect().await.unwrap())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public, _) = retentiond::audit::key::generate(&dir.path().join("keys")).unwrap();
+    let cfg = dir.path().join("retention.toml");
+    let header = format!("[audit]\nstore = \"app\"\nsigning_key = \"{}\"\n[stores.app]\ntype = \"postgres\"\nurl = \"{url}\"\n", key.display());
+    std::fs::write(
+        &cfg,
+        format!(
+            "{header}{}",
+            rule("big", "big", "* * * * * *", "batch_size = 20")
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start(&cfg, "serve.log", "5s");
+    d.wait_ready();
+    let start = Instant::now();
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM big")
+        .fetch_one(&connect().await.unwrap())
+        .await
+        .unwrap()
+        > 195_000
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the purge never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pc.down();
+    let start = Instant::now();
+    while d.get("/readyz").map(|r| r.0) != Some(503) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never reported not ready:\n{}",
+            d.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        d.child.try_wait().unwrap().is_none(),
+        "the daemon must not exit on an outage:\n{}",
+        d.logs()
+    );
+    pc.up();
+    d.wait_ready();
+    let pool = connect().await.unwrap();
+    let start = Instant::now();
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM big")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        != 1000
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the purge never finished after the restart:\n{}",
+            d.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, _, logs) = d.terminate();
+    assert_eq!(code, Some(0), "{logs}");
+    let records = chain::assert_valid(&pool, &load_public(&public).unwrap()).await;
+    let outcomes = chain::of(&records, "run_outcome", "big");
+    let intents = chain::of(&records, "run_intent", "big");
+    assert!(
+        intents
+            .iter()
+            .all(|i| outcomes.iter().any(|o| o["run_id"] == i["run_id"])),
+        "the run cut by the restart was closed (abandoned or failed)"
+    );
+    let cut: Vec<&&Value> = outcomes.iter().filter(|o| o["outcome"] != "ok").collect();
+    assert!(
+        !cut.is_empty(),
+        "the run the restart cut short is recorded as such: {outcomes:?}"
+    );
+    assert!(
+        cut.iter().any(|o| o["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("lost the rule's claim")
+            || o["outcome"] == "abandoned"
+            || o["outcome"] == "failed"),
+        "{cut:?}"
+    );
+    assert!(
+        outcomes.iter().any(|o| o["outcome"] == "ok"),
+        "a later run completed"
+    );
+}

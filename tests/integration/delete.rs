@@ -650,6 +650,7 @@ async fn delete_batches_never_exceed_batch_size_when_density_jumps() {
         prepared.resolved.as_ref().unwrap(),
         None,
         &retentiond::engine::Cancel::default(),
+        None,
         &sizes,
         prepared.report.matched,
     )

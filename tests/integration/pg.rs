@@ -211,3 +211,132 @@ impl TestDb {
             .unwrap_or_else(|e| panic!("{e}\nin:\n{sql}"))
     }
 }
+
+/// A cluster of its own, for a test that stops and starts the server.
+/// Managed with `pg_ctl`; a watchdog stops it and removes its directory if
+/// the test process dies, and `Drop` does so when the test ends.
+pub struct PrivateCluster {
+    pub port: u16,
+    bin: PathBuf,
+    dir: PathBuf,
+}
+
+impl PrivateCluster {
+    pub fn start() -> PrivateCluster {
+        let bin = find_bin();
+        let dir = std::env::temp_dir().join(format!(
+            "retentiond-test-pgp-{}-{}",
+            std::process::id(),
+            NEXT_DB.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create dir");
+        if is_root() {
+            let ok = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .map(|s| s.success());
+            assert_eq!(ok.ok(), Some(true));
+        }
+        let data = dir.join("data").display().to_string();
+        let mut initdb = as_server_user(&bin, "initdb");
+        initdb.extend(
+            [
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ]
+            .map(String::from),
+        );
+        let out = Command::new(&initdb[0])
+            .args(&initdb[1..])
+            .output()
+            .expect("initdb");
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = PrivateCluster {
+            port: free_port(),
+            bin,
+            dir,
+        };
+        let watchdog = format!(
+            "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; {stop}; rm -rf {dir}",
+            me = std::process::id(),
+            stop = shell_quote(&cluster.pg_ctl(&["-m", "immediate", "stop"])),
+            dir = shell_quote(&[cluster.dir.display().to_string()]),
+        );
+        #[allow(clippy::zombie_processes)]
+        Command::new("sh")
+            .args(["-c", &watchdog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("watchdog");
+        cluster.up();
+        cluster
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Vec<String> {
+        let mut cmd = as_server_user(&self.bin, "pg_ctl");
+        cmd.extend([
+            "-D".to_string(),
+            self.dir.join("data").display().to_string(),
+            "-w".to_string(),
+        ]);
+        cmd.extend(args.iter().map(|s| s.to_string()));
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) {
+        let cmd = self.pg_ctl(args);
+        let out = Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .output()
+            .expect("pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the server (waits until it accepts connections).
+    pub fn up(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("server.log").display().to_string();
+        self.run(&["-l", &log, "-o", &opts, "start"]);
+    }
+
+    /// Stops the server (fast: open sessions are ended).
+    pub fn down(&self) {
+        self.run(&["-m", "fast", "stop"]);
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let cmd = self.pg_ctl(&["-m", "immediate", "stop"]);
+        let _ = Command::new(&cmd[0]).args(&cmd[1..]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
