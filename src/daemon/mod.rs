@@ -317,6 +317,9 @@ async fn record_config(g: &Generation, command: &str) {
     {
         tracing::error!(error = %e, "Could not record the loaded config.");
     }
+    if let Err(e) = crate::audit::holds::record_changes(&g.audit, &g.config).await {
+        tracing::error!(error = %e, "Could not record changes to legal holds.");
+    }
 }
 
 /// Validates the file again; a bad file keeps the running config.

@@ -108,6 +108,9 @@ impl Runner<'_> {
             }
             return RunReport { at, rules: reports };
         }
+        if let Err(e) = crate::audit::holds::record_changes(self.audit, self.config).await {
+            tracing::error!(error = %e, "Could not record changes to legal holds.");
+        }
         for rule in rules {
             if self.cancel.is_cancelled() {
                 let mut r = RuleReport::new(rule);

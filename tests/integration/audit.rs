@@ -134,3 +134,54 @@ fn audit_keygen_writes_a_pair_and_refuses_to_overwrite() {
     assert_eq!(again.code, 1, "{again}");
     assert!(again.stderr.contains("refusing to overwrite"), "{again}");
 }
+
+#[tokio::test]
+async fn audit_records_holds_added_changed_and_released() {
+    let env = Env::new().await;
+    env.db.exec("CREATE TABLE t (id int primary key, at timestamptz); INSERT INTO t SELECT i, now() - interval '9 days' FROM generate_series(1, 4) i;").await;
+    let rule = "[[rules]]\nname = \"r\"\nstore = \"app\"\ntable = \"t\"\nage = \"at\"\nkeep = \"1d\"\naction = \"delete\"\nmax_fraction = 1.0\n";
+    let hold = |name: &str, filter: &str| {
+        format!("[[holds]]\nname = \"{name}\"\nstore = \"app\"\ntable = \"t\"\nwhere = \"{filter}\"\nreason = \"case\"\n")
+    };
+    let kinds = |records: &[serde_json::Value]| -> Vec<String> {
+        records
+            .iter()
+            .filter(|r| r["kind"].as_str().unwrap().starts_with("hold_"))
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r["kind"].as_str().unwrap(),
+                    r["hold"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let cfg = env.config(&format!("{rule}{}", hold("a", "id = 1")));
+    assert_eq!(json_cmd("run", &cfg, &[]).code, 0);
+    assert_eq!(
+        json_cmd("run", &cfg, &[]).code,
+        0,
+        "unchanged holds are not recorded again"
+    );
+    let cfg = env.config(&format!("{rule}{}", hold("b", "id = 2")));
+    assert_eq!(json_cmd("run", &cfg, &[]).code, 0);
+    let cfg = env.config(&format!("{rule}{}", hold("b", "id IN (2, 3)")));
+    assert_eq!(json_cmd("run", &cfg, &[]).code, 0);
+    let records = chain::assert_valid(&env.db.pool, &load_public(&env.public_key).unwrap()).await;
+    assert_eq!(
+        kinds(&records),
+        [
+            "hold_added a",
+            "hold_released a",
+            "hold_added b",
+            "hold_released b",
+            "hold_added b"
+        ]
+    );
+    let last = records
+        .iter()
+        .rev()
+        .find(|r| r["kind"] == "hold_added")
+        .unwrap();
+    assert_eq!(last["where"], "id IN (2, 3)");
+}

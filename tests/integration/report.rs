@@ -86,7 +86,8 @@ async fn report_json_md_csv_say_what_happened() {
     assert_eq!(out.code, 0, "{out}");
     let json: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(json["verified"], true);
-    assert_eq!(json["seq_range"], serde_json::json!([1, 7]));
+    // config_loaded, hold_added case-7, then intent + outcome for 3 rules.
+    assert_eq!(json["seq_range"], serde_json::json!([1, 8]));
     let rule = |n: &str| {
         json["rules"]
             .as_array()
