@@ -394,3 +394,55 @@ async fn verify_python_verifier_agrees_on_good_and_tampered_exports() {
         );
     }
 }
+
+#[tokio::test]
+async fn verify_jsonl_mirror_and_per_run_checkpoints() {
+    let env = Env::new().await;
+    env.db.exec("CREATE TABLE t (id int primary key, at timestamptz); INSERT INTO t SELECT i, now() - (i || ' days')::interval FROM generate_series(1, 10) i;").await;
+    let mirror = env.dir.path().join("audit.jsonl");
+    let checkpoints = env.dir.path().join("checkpoints.jsonl");
+    let header = env.header().replace(
+        "[stores.app]",
+        &format!(
+            "jsonl = \"{}\"\ncheckpoints = \"{}\"\n\n[stores.app]",
+            mirror.display(),
+            checkpoints.display()
+        ),
+    );
+    let cfg = env.write(
+        "retention.toml",
+        &format!("{header}[[rules]]\nname = \"r\"\nstore = \"app\"\ntable = \"t\"\nage = \"at\"\nkeep = \"5d\"\naction = \"delete\"\nmax_fraction = 1.0\n"),
+    );
+    for _ in 0..2 {
+        assert_eq!(json_cmd("run", &cfg, &[]).code, 0);
+    }
+    let export = retentiond(&["audit", "export", "-c", &cfg.display().to_string()], &[]).stdout;
+    assert_eq!(
+        std::fs::read_to_string(&mirror).unwrap(),
+        export,
+        "the mirror holds exactly the stored records"
+    );
+    let cps: Vec<Value> = std::fs::read_to_string(&checkpoints)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(cps.len(), 2, "one checkpoint per run");
+    assert_eq!(cps[1]["seq"], 6);
+    let key = env.public_key.display().to_string();
+    let out = retentiond(
+        &[
+            "audit",
+            "verify",
+            "--public-key",
+            &key,
+            "--file",
+            &mirror.display().to_string(),
+            "--checkpoint",
+            &checkpoints.display().to_string(),
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.ends_with("checkpoint seq 6 matches\n"), "{out}");
+}
