@@ -71,6 +71,9 @@ fn print_table(reports: &[RuleReport], at: DateTime<Utc>, run: bool) {
     println!("{verb} at {} UTC", at.format("%Y-%m-%d %H:%M:%S"));
     println!("{table}");
     for r in reports {
+        if let (Some(v), Some(b)) = (r.versions, r.bytes) {
+            println!("  {}: {v} version(s), {b} byte(s)", r.rule);
+        }
         if let Some(u) = r.unparsable.filter(|u| *u > 0) {
             println!(
                 "  {}: {u} value(s) were not IP addresses (unparsable)",

@@ -1137,6 +1137,22 @@ fn prefix_target(
         }
     }
     let prefix = cx.required(&r.prefix, "prefix", span, "rule")?;
+    if kind == "filesystem" {
+        if let Some(v) = &r.match_metadata {
+            cx.err(
+                v.span(),
+                "files have no metadata to match",
+                "use a prefix that selects the files instead",
+            );
+        }
+        if let Some(v) = &r.age_metadata {
+            cx.err(
+                v.span(),
+                "files have no metadata to take an age from",
+                "a file's age is its modification time; remove `age_metadata`",
+            );
+        }
+    }
     if let ("filesystem", Some(v)) = (kind, &r.prefix) {
         if prefix.split('/').any(|seg| seg == ".." || seg == ".") || prefix.starts_with('/') {
             cx.err(

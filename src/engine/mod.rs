@@ -6,6 +6,7 @@
 //! rolled back, and the outcome record is always written.
 
 mod batches;
+mod blob;
 
 use crate::audit::{AuditLog, Event};
 use crate::config::{Config, Rule};
@@ -262,8 +263,37 @@ impl Runner<'_> {
             report.reason = Some(format!("audit log unavailable, nothing was changed: {e}"));
             return report;
         }
-        match (report.outcome, prepared.resolved) {
-            (Outcome::Planned, Some(resolved)) => {
+        match (report.outcome, prepared.resolved, prepared.blob) {
+            (Outcome::Planned, None, Some(selection)) => {
+                let done = match self.stores.blob(&rule.store) {
+                    Some(store) => {
+                        blob::execute(
+                            store,
+                            rule,
+                            &selection,
+                            &self.cancel,
+                            Some(claim),
+                            self.progress,
+                        )
+                        .await
+                    }
+                    None => blob::Deleted {
+                        objects: 0,
+                        versions: 0,
+                        bytes: 0,
+                        batches: 0,
+                        outcome: Outcome::Failed,
+                        reason: Some(format!("store `{}` is not open", rule.store)),
+                    },
+                };
+                report.affected = Some(done.objects);
+                report.versions = Some(done.versions);
+                report.bytes = Some(done.bytes);
+                report.batches = done.batches;
+                report.outcome = done.outcome;
+                report.reason = done.reason;
+            }
+            (Outcome::Planned, Some(resolved), _) => {
                 let pg = self.stores.postgres(&rule.store);
                 let cap = plan::cap(
                     report.total,
@@ -293,12 +323,12 @@ impl Runner<'_> {
                 report.outcome = done.outcome;
                 report.reason = done.reason;
             }
-            (Outcome::WouldRefuse, _) => {
+            (Outcome::WouldRefuse, _, _) => {
                 report.outcome = Outcome::Refused;
                 report.affected = Some(0);
                 report.batches = 0;
             }
-            (_, _) => {
+            (_, _, _) => {
                 report.outcome = Outcome::Failed;
                 report.affected = Some(0);
                 report.batches = 0;
@@ -395,8 +425,17 @@ fn outcome_event(
         "protected": report.protected,
         "batches": report.batches,
     });
-    if let (Some(u), Some(obj)) = (report.unparsable, counts.as_object_mut()) {
-        obj.insert("unparsable".into(), u.into());
+    if let Some(obj) = counts.as_object_mut() {
+        if let Some(u) = report.unparsable {
+            obj.insert("unparsable".into(), u.into());
+        }
+        if let Some(v) = report.versions {
+            obj.insert("versions".into(), v.into());
+        }
+        if let Some(b) = report.bytes {
+            // Integers in records stay within ±2^53 (8 PiB): clamp, never wrap.
+            obj.insert("bytes".into(), b.min(1 << 53).into());
+        }
     }
     f.insert("counts".into(), counts);
     f.insert(

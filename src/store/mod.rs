@@ -1,9 +1,12 @@
 //! Stores: where data lives. Each kind is one module.
 //!
 //! PostgreSQL is not a blob store: it has its own module with batched,
-//! set-based SQL. Blob stores (S3, Azure Blob, filesystem) are parsed and
-//! validated by [`crate::config`] but not executed yet.
+//! set-based SQL. Blob stores implement [`blob::BlobStore`]; this build has
+//! the filesystem ([`fs`]). S3 and Azure Blob are parsed and validated by
+//! [`crate::config`] but not executed yet.
 
+pub mod blob;
+pub mod fs;
 pub mod postgres;
 
 use crate::config::{Config, StoreConfig};
@@ -14,6 +17,7 @@ use std::collections::BTreeMap;
 #[derive(Debug, Default)]
 pub struct Stores {
     postgres: BTreeMap<String, PgStore>,
+    blob: BTreeMap<String, std::sync::Arc<dyn blob::BlobStore>>,
 }
 
 /// A store could not be opened.
@@ -31,26 +35,41 @@ impl Stores {
     /// lazily, on first use).
     pub fn open(config: &Config) -> Result<Stores, OpenError> {
         let mut postgres = BTreeMap::new();
+        let mut blob: BTreeMap<String, std::sync::Arc<dyn blob::BlobStore>> = BTreeMap::new();
         for (name, store) in &config.stores {
-            if let StoreConfig::Postgres {
-                url,
-                max_connections,
-            } = store
-            {
-                let pg =
-                    PgStore::connect(name, url, *max_connections).map_err(|source| OpenError {
-                        store: name.clone(),
-                        source,
+            match store {
+                StoreConfig::Postgres {
+                    url,
+                    max_connections,
+                } => {
+                    let pg = PgStore::connect(name, url, *max_connections).map_err(|source| {
+                        OpenError {
+                            store: name.clone(),
+                            source,
+                        }
                     })?;
-                postgres.insert(name.clone(), pg);
+                    postgres.insert(name.clone(), pg);
+                }
+                StoreConfig::Filesystem { root } => {
+                    blob.insert(
+                        name.clone(),
+                        std::sync::Arc::new(fs::FsStore::new(name, root)),
+                    );
+                }
+                StoreConfig::S3 { .. } | StoreConfig::AzureBlob { .. } => {}
             }
         }
-        Ok(Stores { postgres })
+        Ok(Stores { postgres, blob })
     }
 
     /// Every postgres store, by name.
     pub fn all_postgres(&self) -> impl Iterator<Item = (&str, &PgStore)> {
         self.postgres.iter().map(|(n, p)| (n.as_str(), p))
+    }
+
+    /// The blob store `name`, when this build executes its kind.
+    pub fn blob(&self, name: &str) -> Option<&dyn blob::BlobStore> {
+        self.blob.get(name).map(|b| b.as_ref())
     }
 
     /// The postgres store `name`.

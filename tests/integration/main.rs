@@ -6,6 +6,7 @@ mod pg;
 mod util;
 
 mod audit;
+mod blob;
 mod config;
 mod daemon;
 mod delete;

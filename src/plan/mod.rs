@@ -4,6 +4,8 @@
 //! `plan` and `run` share [`prepare`], so the numbers a plan shows are the
 //! numbers the run starts from. Counting runs in a `READ ONLY` transaction.
 
+pub mod blob;
+
 use crate::config::{Config, Rule, Target};
 use crate::store::postgres::batch::{self, Counts};
 use crate::store::postgres::resolve::{self, ResolvedRule};
@@ -53,6 +55,12 @@ pub struct RuleReport {
     /// Due rows whose text IP value does not parse (mask rules).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unparsable: Option<i64>,
+    /// Blob rules: versions and delete markers to remove (plan) or removed (run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub versions: Option<i64>,
+    /// Blob rules: bytes to free (plan) or freed (run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
     /// Rows in the table (the `max_fraction` base).
     pub total: i64,
     /// Batches the change takes (plan: estimated; run: executed).
@@ -148,6 +156,8 @@ pub struct Prepared {
     pub report: RuleReport,
     /// The resolved SQL (None when refused or failed).
     pub resolved: Option<ResolvedRule>,
+    /// Blob rules: the objects to remove.
+    pub blob: Option<blob::Selection>,
 }
 
 impl RuleReport {
@@ -165,6 +175,8 @@ impl RuleReport {
             matched: 0,
             protected: 0,
             unparsable: None,
+            versions: None,
+            bytes: None,
             total: 0,
             batches: 0,
             oldest: None,
@@ -182,6 +194,7 @@ impl RuleReport {
         Prepared {
             report: self,
             resolved: None,
+            blob: None,
         }
     }
 
@@ -191,6 +204,7 @@ impl RuleReport {
         Prepared {
             report: self,
             resolved: None,
+            blob: None,
         }
     }
 }
@@ -218,10 +232,8 @@ pub async fn prepare(
     let report = RuleReport::new(rule);
     let table = match &rule.target {
         Target::Table(t) => t,
-        Target::Prefix(_) => {
-            return report.refuse(
-                "blob stores (s3, azure_blob, filesystem) are not executed by this build yet",
-            )
+        Target::Prefix(prefix) => {
+            return prepare_blob(config, stores, rule, prefix, report, options).await
         }
     };
     let Some(pg) = stores.postgres(&rule.store) else {
@@ -288,6 +300,77 @@ pub async fn prepare(
     Prepared {
         report,
         resolved: Some(resolved),
+        blob: None,
+    }
+}
+
+/// Lists the prefix and selects what goes, with the local clock as now.
+async fn prepare_blob(
+    config: &Config,
+    stores: &Stores,
+    rule: &Rule,
+    prefix: &crate::config::PrefixRule,
+    mut report: RuleReport,
+    options: PlanOptions,
+) -> Prepared {
+    use futures_util::TryStreamExt;
+    let Some(store) = stores.blob(&rule.store) else {
+        return report.refuse("s3 and azure_blob stores are not executed by this build yet");
+    };
+    if let Err(e) = store.check_identity().await {
+        return report.refuse(format!("{store}: {e}"));
+    }
+    let now = Utc::now();
+    let at = options.at.unwrap_or(now);
+    if options.for_run && at > now {
+        return report.refuse("run --at may only move time backwards");
+    }
+    let Some(cutoff) = rule.keep.cutoff(at) else {
+        return report.refuse(format!("keep {} reaches before year 0", rule.keep));
+    };
+    report.cutoff = Some(cutoff);
+    let listing: Vec<crate::store::blob::BlobMeta> =
+        match store.list(&prefix.prefix).try_collect().await {
+            Ok(l) => l,
+            Err(e) => return report.fail(format!("{store}: listing {}: {e}", prefix.prefix)),
+        };
+    let held: Vec<String> = config
+        .holds
+        .iter()
+        .filter(|h| h.store == rule.store)
+        .filter_map(|h| match &h.target {
+            crate::config::HoldTarget::Prefix(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    let selection = blob::select(&listing, prefix, cutoff, &held);
+    report.matched = selection.matched;
+    report.protected = selection.protected;
+    report.total = selection.total;
+    report.oldest = selection.oldest;
+    report.versions = Some(selection.versions);
+    report.bytes = Some(selection.bytes);
+    let per_batch = (rule.settings.batch_size as usize)
+        .min(store.batch_limit())
+        .max(1);
+    report.batches = selection.due.len().div_ceil(per_batch) as i64;
+    let counts = Counts {
+        total: selection.total,
+        matched: selection.matched,
+        ..Counts::default()
+    };
+    if let Some(reason) = cap_exceeded(
+        &counts,
+        rule.settings.max_fraction,
+        options.allow_large,
+        &format!("{}:{}", rule.store, prefix.prefix),
+    ) {
+        return report.refuse(reason.replace(" rows ", " objects "));
+    }
+    Prepared {
+        report,
+        resolved: None,
+        blob: Some(selection),
     }
 }
 

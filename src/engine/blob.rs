@@ -1,0 +1,99 @@
+//! Deleting a blob rule's selection: batches of at most `batch_size` (and
+//! the store's limit), one result per item, stopping between batches when
+//! cancelled or when the rule's claim is lost.
+
+use super::{Cancel, Progress};
+use crate::audit::log::Claim;
+use crate::config::Rule;
+use crate::plan::blob::Selection;
+use crate::plan::Outcome;
+use crate::store::blob::BlobStore;
+use std::collections::BTreeSet;
+
+/// What the deletion did.
+#[derive(Debug)]
+pub struct Deleted {
+    /// Keys whose selected items all went.
+    pub objects: i64,
+    /// Versions and delete markers removed.
+    pub versions: i64,
+    /// Bytes freed.
+    pub bytes: u64,
+    /// Delete calls made.
+    pub batches: i64,
+    /// `ok`, `failed` or `interrupted`.
+    pub outcome: Outcome,
+    /// Why, when not ok.
+    pub reason: Option<String>,
+}
+
+/// Deletes `selection` from `store`.
+pub async fn execute(
+    store: &dyn BlobStore,
+    rule: &Rule,
+    selection: &Selection,
+    cancel: &Cancel,
+    claim: Option<&Claim>,
+    progress: &(dyn Progress + Sync),
+) -> Deleted {
+    let mut done = Deleted {
+        objects: 0,
+        versions: 0,
+        bytes: 0,
+        batches: 0,
+        outcome: Outcome::Ok,
+        reason: None,
+    };
+    let per_batch = (rule.settings.batch_size as usize)
+        .min(store.batch_limit())
+        .max(1);
+    let mut failed_keys: BTreeSet<&str> = BTreeSet::new();
+    let mut gone_keys: BTreeSet<&str> = BTreeSet::new();
+    let mut errors = 0usize;
+    let mut first_error = None;
+    for chunk in selection.due.chunks(per_batch) {
+        if cancel.is_cancelled() {
+            done.outcome = Outcome::Interrupted;
+            done.reason = Some(format!(
+                "interrupted after {} batches; a rerun resumes",
+                done.batches
+            ));
+            break;
+        }
+        if let Some(claim) = claim {
+            if !claim.held().await {
+                done.outcome = Outcome::Interrupted;
+                done.reason = Some("lost the rule's claim; stopped so that no other replica runs this rule at the same time".into());
+                break;
+            }
+        }
+        let results = store.delete(chunk).await;
+        done.batches += 1;
+        for (item, result) in chunk.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    gone_keys.insert(&item.key);
+                    done.bytes += item.size;
+                    if item.version.is_some() {
+                        done.versions += 1;
+                    }
+                }
+                Err(e) => {
+                    errors += 1;
+                    failed_keys.insert(&item.key);
+                    first_error.get_or_insert_with(|| format!("{}: {e}", item.key));
+                }
+            }
+        }
+        done.objects = gone_keys.difference(&failed_keys).count() as i64;
+        progress.batch_done(&rule.name, done.objects, selection.matched);
+    }
+    if errors > 0 && done.outcome == Outcome::Ok {
+        done.outcome = Outcome::Failed;
+        done.reason = Some(format!(
+            "{errors} item(s) could not be deleted, first: {}",
+            first_error.unwrap_or_default()
+        ));
+    }
+    done
+}

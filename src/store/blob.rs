@@ -1,0 +1,84 @@
+//! The interface every blob store implements, and what it lists.
+//!
+//! Deliberately narrow (after object_store's contract): list a prefix as a
+//! stream of object versions, delete a batch with one result per item,
+//! check the target's identity. Everything else (age filters, groups, caps,
+//! audit) is the engine's, so a new store is one new file.
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// One listed object version (a store without versions lists one per key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobMeta {
+    /// The key, exactly as the store has it: never normalised.
+    pub key: String,
+    /// The version (S3 version id, Azure version or snapshot), if any.
+    pub version: Option<String>,
+    /// When this version was written: its age.
+    pub last_modified: DateTime<Utc>,
+    /// Size in bytes.
+    pub size: u64,
+    /// True for the current version of its key.
+    pub is_latest: bool,
+    /// True for an S3 delete marker.
+    pub delete_marker: bool,
+    /// User metadata (or tags), for `match_metadata` and `age_metadata`.
+    pub metadata: BTreeMap<String, String>,
+    /// Why the store itself forbids deleting it (object lock, legal hold,
+    /// immutability policy), if it does.
+    pub locked: Option<String>,
+}
+
+/// One thing to delete: a key, or one version of it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BlobRef {
+    /// The key.
+    pub key: String,
+    /// The version, or None for the key itself (a delete marker on a
+    /// versioned S3 bucket).
+    pub version: Option<String>,
+    /// Size in bytes (for the `bytes` count).
+    pub size: u64,
+    /// Its last-modified time when listed: a store whose objects can be
+    /// overwritten in place refuses to delete one modified since.
+    pub listed_modified: DateTime<Utc>,
+}
+
+/// A store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The bucket, container or root does not exist.
+    #[error("{0} does not exist")]
+    Missing(String),
+    /// It exists but belongs to another account than `expected_account`.
+    #[error("wrong target: {0}")]
+    WrongTarget(String),
+    /// The store refused (permissions, a lock it did not list).
+    #[error("refused by the store: {0}")]
+    Refused(String),
+    /// Anything else (I/O, network, service errors after retries).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A blob store.
+pub trait BlobStore: fmt::Display + fmt::Debug + Send + Sync {
+    /// Every object version under `prefix`, in no particular order.
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<BlobMeta, StoreError>>;
+
+    /// Deletes `items`; one result per item, in order. An item that is
+    /// already gone is a success.
+    fn delete<'a>(&'a self, items: &'a [BlobRef]) -> BoxFuture<'a, Vec<Result<(), StoreError>>>;
+
+    /// Checks that the target exists (never creating it) and belongs to the
+    /// expected account, before anything is deleted from it.
+    fn check_identity(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// How many items one delete call should carry (S3: 1000, Azure: 256).
+    fn batch_limit(&self) -> usize;
+}

@@ -1,0 +1,161 @@
+//! Blob rules on the filesystem store: prefixes, ages, idle groups, links,
+//! holds, caps, dry runs and audit records.
+
+use crate::chain;
+use crate::util::*;
+use retentiond::audit::key::load_public;
+use std::path::Path;
+
+/// Creates `root/key` with `content` and mtime `when` (anything `touch -d` reads).
+fn file(root: &Path, key: &str, content: &str, when: &str) {
+    let path = root.join(key);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, content).unwrap();
+    let ok = std::process::Command::new("touch")
+        .args(["-h", "-d", when])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+fn fs_config(env: &Env, root: &Path, rules: &str) -> std::path::PathBuf {
+    env.config(&format!(
+        "[stores.scratch]\ntype = \"filesystem\"\nroot = \"{}\"\n\n{rules}",
+        root.display()
+    ))
+}
+
+#[tokio::test]
+async fn blob_idle_workspaces_go_whole_and_links_are_never_followed() {
+    let env = Env::new().await;
+    let root = env.dir.path().join("scratch");
+    let outside = env.dir.path().join("outside.txt");
+    std::fs::write(&outside, "not yours").unwrap();
+    file(&root, "workspaces/idle/data.csv", "1,2", "3 hours ago");
+    file(
+        &root,
+        "workspaces/idle/sub/model.bin",
+        "xxxx",
+        "2 hours ago",
+    );
+    file(&root, "workspaces/active/old.csv", "old", "3 hours ago");
+    file(&root, "workspaces/active/new.csv", "new", "10 minutes ago");
+    file(&root, "other/keep.txt", "k", "3 hours ago");
+        std::os::unix::fs::symlink(&outside, root.join("workspaces/idle/link")).unwrap();
+    // A link's own mtime counts toward its workspace's activity: age it too.
+    assert!(std::process::Command::new("touch").args(["-h", "-d", "3 hours ago"]).arg(root.join("workspaces/idle/link")).status().unwrap().success());
+    let cfg = fs_config(
+        &env,
+        &root,
+        "[[rules]]\nname = \"idle-workspaces-1h\"\nstore = \"scratch\"\nprefix = \"workspaces/\"\ngroup_by_prefix_depth = 2\nkeep = \"1h\"\naction = \"delete\"\nmax_fraction = 1.0\n",
+    );
+    let plan = json_cmd("plan", &cfg, &[]);
+    assert_eq!(plan.code, 0, "{plan}");
+    let p = plan.rule("idle-workspaces-1h");
+    assert_eq!(
+        (
+            p["matched"].as_i64(),
+            p["protected"].as_i64(),
+            p["total"].as_i64()
+        ),
+        (Some(2), Some(1), Some(5)),
+        "{plan}"
+    );
+    assert_eq!(p["bytes"], 7);
+    assert!(
+        root.join("workspaces/idle/data.csv").exists(),
+        "plan deleted nothing"
+    );
+    let run = json_cmd("run", &cfg, &[]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.rule("idle-workspaces-1h")["affected"], 2);
+    assert!(
+        !root.join("workspaces/idle/data.csv").exists()
+            && !root.join("workspaces/idle/sub").exists()
+    );
+    assert!(
+        root.join("workspaces/idle/link").symlink_metadata().is_ok(),
+        "the link itself stays"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&outside).unwrap(),
+        "not yours",
+        "what it points at is untouched"
+    );
+    assert!(
+        root.join("workspaces/active/old.csv").exists(),
+        "an active workspace keeps its old files"
+    );
+    assert!(root.join("other/keep.txt").exists());
+    let again = json_cmd("run", &cfg, &[]);
+    assert_eq!(again.rule("idle-workspaces-1h")["affected"], 0, "{again}");
+    let records = chain::assert_valid(&env.db.pool, &load_public(&env.public_key).unwrap()).await;
+    let outcome = chain::of(&records, "run_outcome", "idle-workspaces-1h")[0];
+    assert_eq!(outcome["counts"]["affected"], 2);
+    assert_eq!(outcome["counts"]["bytes"], 7);
+}
+
+#[tokio::test]
+async fn blob_prefix_age_boundary_holds_and_cap() {
+    let env = Env::new().await;
+    let root = env.dir.path().join("scratch");
+    // --at 2026-01-01T00:00:00Z with keep 1h: the cutoff is 2025-12-31T23:00:00Z.
+    file(&root, "tmp/at-cutoff", "a", "2025-12-31T23:00:00Z");
+    file(&root, "tmp/after-cutoff", "b", "2025-12-31T23:00:01Z");
+    file(&root, "tmp/old", "c", "2025-12-01T00:00:00Z");
+    file(&root, "tmp/held/evidence", "d", "2025-12-01T00:00:00Z");
+    file(&root, "tmpfile-not-in-prefix", "e", "2025-12-01T00:00:00Z");
+    let rules = "[[rules]]\nname = \"tmp-1h\"\nstore = \"scratch\"\nprefix = \"tmp/\"\nkeep = \"1h\"\naction = \"delete\"\n\n\
+                 [[holds]]\nname = \"case-9\"\nstore = \"scratch\"\nprefix = \"tmp/held/\"\nreason = \"litigation\"\n";
+    let cfg = fs_config(&env, &root, rules);
+    // 2 of 4 objects due: exactly the default cap of 0.5 is allowed.
+    let run = json_cmd("run", &cfg, &["--at", "2026-01-01T00:00:00Z"]);
+    assert_eq!(run.code, 0, "{run}");
+    let r = run.rule("tmp-1h");
+    assert_eq!(
+        (r["affected"].as_i64(), r["protected"].as_i64()),
+        (Some(2), Some(1)),
+        "{run}"
+    );
+    assert!(!root.join("tmp/at-cutoff").exists() && !root.join("tmp/old").exists());
+    assert!(
+        root.join("tmp/after-cutoff").exists()
+            && root.join("tmp/held/evidence").exists()
+            && root.join("tmpfile-not-in-prefix").exists()
+    );
+    // Now everything left under tmp/ is due (later --at): 1 of 2 unheld, plus the held one, is over the cap.
+    file(&root, "tmp/x1", "x", "2025-12-01T00:00:00Z");
+    file(&root, "tmp/x2", "x", "2025-12-01T00:00:00Z");
+    let run = json_cmd("run", &cfg, &["--at", "2026-01-02T00:00:00Z"]);
+    assert_eq!(
+        run.code, 3,
+        "3 of 4 objects is above max_fraction 0.5: {run}"
+    );
+    assert!(
+        root.join("tmp/x1").exists(),
+        "a refused run deletes nothing"
+    );
+}
+
+#[test]
+fn blob_check_rejects_metadata_on_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _, _) = retentiond::audit::key::generate(&dir.path().join("k")).unwrap();
+    let path = dir.path().join("retention.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[audit]\nstore = \"app\"\nsigning_key = \"{}\"\n[stores.app]\ntype = \"postgres\"\nurl = \"postgres://x@h/db\"\n[stores.scratch]\ntype = \"filesystem\"\nroot = \"/tmp\"\n[[rules]]\nname = \"a\"\nstore = \"scratch\"\nprefix = \"u/\"\nmatch_metadata = {{ tier = \"free\" }}\nkeep = \"1h\"\naction = \"delete\"\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = retentiond(&["check", "-c", &path.display().to_string()], &[]);
+    assert_eq!(out.code, 2, "{out}");
+    assert!(
+        out.stderr
+            .contains("retention.toml:14:18: files have no metadata to match"),
+        "{out}"
+    );
+}
