@@ -71,8 +71,14 @@ fn print_table(reports: &[RuleReport], at: DateTime<Utc>, run: bool) {
     println!("{verb} at {} UTC", at.format("%Y-%m-%d %H:%M:%S"));
     println!("{table}");
     for r in reports {
-        if let (Some(v), Some(b)) = (r.versions, r.bytes) {
-            println!("  {}: {v} version(s), {b} byte(s)", r.rule);
+        if let Some(b) = r.bytes {
+            let verb = if run { "freed" } else { "to free" };
+            let versions = r
+                .versions
+                .filter(|v| *v > 0)
+                .map(|v| format!(", {v} version(s) and delete marker(s)"))
+                .unwrap_or_default();
+            println!("  {}: {b} byte(s) {verb}{versions}", r.rule);
         }
         if let Some(u) = r.unparsable.filter(|u| *u > 0) {
             println!(
