@@ -56,16 +56,24 @@ pub enum AuditError {
 /// Applies the embedded migrations. The bookkeeping table lives in schema
 /// `retentiond` too, so it never mixes with the application's migrations.
 pub async fn migrate(pool: &PgPool) -> Result<(), AuditError> {
-    let mut conn = pool.acquire().await?;
+    // A connection of its own: the session lock and search_path must not
+    // leak into the pool. The lock serialises first-time migrations of
+    // replicas starting together (CREATE SCHEMA IF NOT EXISTS is not safe
+    // under concurrency); the lock ends with the connection.
+    let mut conn = sqlx::PgConnection::connect_with(&pool.connect_options()).await?;
+    conn.execute(format!("SELECT pg_advisory_lock({MIGRATE_LOCK})").as_str())
+        .await?;
     conn.execute("CREATE SCHEMA IF NOT EXISTS retentiond")
         .await?;
     conn.execute("SET search_path TO retentiond").await?;
-    let result = MIGRATOR.run_direct(&mut *conn).await;
-    // The connection returns to the pool: restore its search path.
-    conn.execute("RESET search_path").await?;
+    let result = MIGRATOR.run_direct(&mut conn).await;
+    let _ = conn.close().await;
     result?;
     Ok(())
 }
+
+// Any fixed number, distinct from APPEND_LOCK.
+const MIGRATE_LOCK: i64 = 0x7265_7465_6e74_6d67; // "retentmg"
 
 /// True when every embedded migration has been applied.
 pub async fn is_migrated(pool: &PgPool) -> Result<bool, AuditError> {

@@ -13,7 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod schedule;
 
-use crate::audit::{AuditLog, Event, Signer};
+use crate::audit::{AuditLog, Signer};
 use crate::config::Config;
 use crate::engine::{Cancel, Claimed, Runner};
 use crate::plan::PlanOptions;
@@ -21,7 +21,6 @@ use crate::store::Stores;
 use chrono::Utc;
 use metrics::Metrics;
 use schedule::RuleSchedule;
-use serde_json::Map;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -296,29 +295,8 @@ async fn open_generation(config: &Arc<Config>) -> Result<Generation, (String, St
 }
 
 async fn record_config(g: &Generation, command: &str) {
-    let mut fields = Map::new();
-    fields.insert(
-        "config_sha256".into(),
-        g.config.source.sha256.clone().into(),
-    );
-    fields.insert(
-        "config_path".into(),
-        g.config.source.path.display().to_string().into(),
-    );
-    fields.insert("host".into(), crate::engine::host().into());
-    fields.insert("command".into(), command.into());
-    if let Err(e) = g
-        .audit
-        .append(&Event {
-            kind: "config_loaded",
-            fields,
-        })
-        .await
-    {
-        tracing::error!(error = %e, "Could not record the loaded config.");
-    }
-    if let Err(e) = crate::audit::holds::record_changes(&g.audit, &g.config).await {
-        tracing::error!(error = %e, "Could not record changes to legal holds.");
+    if let Err(e) = crate::engine::record_config(&g.audit, &g.config, command).await {
+        tracing::error!(error = %e, "Could not record the loaded config or its holds.");
     }
 }
 

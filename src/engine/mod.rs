@@ -80,26 +80,8 @@ impl Runner<'_> {
     /// Records the config, then runs each rule in turn.
     pub async fn run(&self, rules: &[&Rule]) -> RunReport {
         let at = Utc::now();
-        let mut fields = Map::new();
-        fields.insert(
-            "config_sha256".into(),
-            self.config.source.sha256.clone().into(),
-        );
-        fields.insert(
-            "config_path".into(),
-            self.config.source.path.display().to_string().into(),
-        );
-        fields.insert("host".into(), host().into());
-        fields.insert("command".into(), "run".into());
         let mut reports = Vec::new();
-        if let Err(e) = self
-            .audit
-            .append(&Event {
-                kind: "config_loaded",
-                fields,
-            })
-            .await
-        {
+        if let Err(e) = record_config(self.audit, self.config, "run").await {
             // Without a working audit log nothing may run.
             for rule in rules {
                 let mut r = RuleReport::new(rule);
@@ -108,9 +90,6 @@ impl Runner<'_> {
                 reports.push(r);
             }
             return RunReport { at, rules: reports };
-        }
-        if let Err(e) = crate::audit::holds::record_changes(self.audit, self.config).await {
-            tracing::error!(error = %e, "Could not record changes to legal holds.");
         }
         for rule in rules {
             if self.cancel.is_cancelled() {
@@ -450,6 +429,31 @@ fn outcome_event(
         kind: "run_outcome",
         fields: f,
     }
+}
+
+/// Records a loaded config (`config_loaded`, with its SHA-256) and the legal
+/// holds it adds or releases. `command` says who loaded it (`run`, `serve`).
+pub async fn record_config(
+    audit: &AuditLog,
+    config: &Config,
+    command: &str,
+) -> Result<(), crate::audit::AuditError> {
+    let mut fields = Map::new();
+    fields.insert("config_sha256".into(), config.source.sha256.clone().into());
+    fields.insert(
+        "config_path".into(),
+        config.source.path.display().to_string().into(),
+    );
+    fields.insert("host".into(), host().into());
+    fields.insert("command".into(), command.into());
+    audit
+        .append(&Event {
+            kind: "config_loaded",
+            fields,
+        })
+        .await?;
+    crate::audit::holds::record_changes(audit, config).await?;
+    Ok(())
 }
 
 /// This process's host (the pod name under Kubernetes).
