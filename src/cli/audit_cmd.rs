@@ -122,36 +122,66 @@ type Fed = Result<Result<(), crate::audit::verify::Invalid>, String>;
 
 fn feed_file(path: &Path, verifier: &mut LogVerifier) -> Fed {
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut chunk = Vec::with_capacity(CHUNK);
-    for bytes in std::io::BufReader::new(file).split(b'\n') {
-        let mut bytes = bytes.map_err(|e| format!("{}: {e}", path.display()))?;
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
-        if bytes.is_empty() {
-            continue;
-        }
-        let stored = match String::from_utf8(bytes) {
-            Ok(line) => Stored {
-                line,
-                columns: None,
-                malformed: None,
-            },
-            Err(e) => Stored {
-                line: String::from_utf8_lossy(e.as_bytes()).into_owned(),
-                columns: None,
-                malformed: Some("the line is not valid UTF-8".into()),
-            },
-        };
-        chunk.push(stored);
-        if chunk.len() == CHUNK {
-            if let Err(e) = verifier.feed(&chunk) {
-                return Ok(Err(e));
+    let display = path.display().to_string();
+    // A reader thread splits lines while the verifier works on the previous
+    // chunk; two chunks in flight bound the memory.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Stored>, String>>(2);
+    let reader = std::thread::spawn(move || {
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for bytes in std::io::BufReader::with_capacity(1 << 20, file).split(b'\n') {
+            let mut bytes = match bytes {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("{display}: {e}")));
+                    return;
+                }
+            };
+            if bytes.last() == Some(&b'\r') {
+                bytes.pop();
             }
-            chunk.clear();
+            if bytes.is_empty() {
+                continue;
+            }
+            chunk.push(match String::from_utf8(bytes) {
+                Ok(line) => Stored {
+                    line,
+                    columns: None,
+                    malformed: None,
+                },
+                Err(e) => Stored {
+                    line: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                    columns: None,
+                    malformed: Some("the line is not valid UTF-8".into()),
+                },
+            });
+            if chunk.len() == CHUNK
+                && tx
+                    .send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))))
+                    .is_err()
+            {
+                return;
+            }
+        }
+        let _ = tx.send(Ok(chunk));
+    });
+    let mut result = Ok(Ok(()));
+    for chunk in rx {
+        match chunk {
+            Ok(chunk) => {
+                if let Err(e) = verifier.feed(&chunk) {
+                    result = Ok(Err(e));
+                    break;
+                }
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
         }
     }
-    Ok(verifier.feed(&chunk))
+    // Dropping the receiver (end of scope) stops a reader still sending.
+    drop(reader);
+    result
 }
 
 type Row = (
