@@ -12,7 +12,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 /// Exit code of `audit verify` when the log does not verify.
-pub const INVALID: i32 = 4;
+pub const INVALID: i32 = exit::INVALID;
 
 /// Where `verify` reads the log from.
 pub enum LogSource {

@@ -1,6 +1,6 @@
 //! The command line: parse arguments, run a command, map the result to an
 //! exit code (0 ok, 1 runtime failure, 2 config or usage error, 3 refused by
-//! a safety check).
+//! a safety check, 4 the audit log does not verify).
 
 mod audit_cmd;
 mod check;
@@ -26,6 +26,8 @@ pub mod exit {
     pub const USAGE: i32 = 2;
     /// A safety check refused (max_fraction, clock skew, wrong target).
     pub const REFUSED: i32 = 3;
+    /// `audit verify` (or `report`): the audit log does not verify.
+    pub const INVALID: i32 = 4;
 }
 
 /// Data-retention enforcement: declarative rules, batched purges and IP

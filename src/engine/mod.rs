@@ -66,14 +66,10 @@ pub enum Claimed {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunReport {
     /// When the run started.
-    #[serde(serialize_with = "ser_ts")]
+    #[serde(serialize_with = "plan::ser_ts")]
     pub at: DateTime<Utc>,
     /// One report per rule.
     pub rules: Vec<RuleReport>,
-}
-
-fn ser_ts<S: serde::Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::audit::record::format_ts(*ts))
 }
 
 impl Runner<'_> {

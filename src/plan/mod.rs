@@ -127,7 +127,8 @@ pub fn worst_exit_code<'a>(outcomes: impl IntoIterator<Item = &'a Outcome>) -> i
     }
 }
 
-fn ser_ts<S: serde::Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+/// Serialises a timestamp as records format it.
+pub(crate) fn ser_ts<S: serde::Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&crate::audit::record::format_ts(*ts))
 }
 
