@@ -4,8 +4,9 @@
 
 use super::Cancel;
 use crate::audit::log::Claim;
-use crate::config::Rule;
+use crate::config::{BlobLocator, Rule};
 use crate::plan::{describe_db_error, Outcome};
+use crate::store::blob::{BlobMeta, BlobRef, BlobStore};
 use crate::store::postgres::batch;
 use crate::store::postgres::resolve::ResolvedRule;
 use crate::store::postgres::{schema, PgStore};
@@ -39,6 +40,12 @@ impl Progress for () {
 pub struct Executed {
     /// Rows changed.
     pub affected: i64,
+    /// Objects deleted with the rows (`blobs` rules).
+    pub objects: i64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Due rows kept because the store locks one of their objects.
+    pub kept: i64,
     /// Batches committed.
     pub batches: i64,
     /// `ok`, `refused`, `failed` or `interrupted`.
@@ -52,6 +59,9 @@ impl Executed {
     pub fn failed(reason: String) -> Executed {
         Executed {
             affected: 0,
+            objects: 0,
+            bytes: 0,
+            kept: 0,
             batches: 0,
             outcome: Outcome::Failed,
             reason: Some(reason),
@@ -67,8 +77,16 @@ impl Executed {
 
 /// How one batch attempt ended.
 enum Attempt {
-    /// Committed this many changed rows.
-    Committed(i64),
+    /// Committed: rows changed, and for a `blobs` rule the objects and bytes
+    /// deleted with them and the rows kept because the store locks an object.
+    Committed {
+        rows: i64,
+        objects: i64,
+        bytes: u64,
+        kept: i64,
+    },
+    /// Rolled back: deleting the rows' objects failed.
+    BlobsFailed(String),
     /// Rolled back: it changed this many rows, more than the batch size.
     TooLarge(i64),
     /// Rolled back: committing would pass the run's cap.
@@ -84,12 +102,16 @@ pub async fn execute(
     cap: Option<i64>,
     cancel: &Cancel,
     claim: Option<&Claim>,
+    link: Option<&Linked<'_>>,
     progress: &(dyn Progress + Sync),
     expected: i64,
 ) -> Executed {
     let mut claim_checked = std::time::Instant::now();
     let mut done = Executed {
         affected: 0,
+        objects: 0,
+        bytes: 0,
+        kept: 0,
         batches: 0,
         outcome: Outcome::Ok,
         reason: None,
@@ -124,8 +146,18 @@ pub async fn execute(
             }
             let hi = lo.saturating_add(window).min(pages);
             let remaining = cap.map(|c| c - done.affected);
-            match batch_with_retries(pg, rule, resolved, leaf, (lo, hi), limit, remaining).await {
-                Ok(Attempt::Committed(changed)) => {
+            match batch_with_retries(pg, rule, resolved, link, leaf, (lo, hi), limit, remaining)
+                .await
+            {
+                Ok(Attempt::Committed {
+                    rows: changed,
+                    objects,
+                    bytes,
+                    kept,
+                }) => {
+                    done.objects += objects;
+                    done.bytes += bytes;
+                    done.kept += kept;
                     if changed > 0 {
                         done.batches += 1;
                         done.affected += changed;
@@ -151,6 +183,10 @@ pub async fn execute(
                         done.affected
                     );
                     return done.stop(Outcome::Refused, reason);
+                }
+                Ok(Attempt::BlobsFailed(why)) => {
+                    let reason = format!("deleting the rows' objects failed; the batch's rows were kept and a rerun retries: {why}");
+                    return done.stop(Outcome::Failed, reason);
                 }
                 Err(e) => return done.stop(Outcome::Failed, describe_db_error(&e)),
             }
@@ -179,10 +215,12 @@ fn is_retryable(e: &sqlx::Error) -> bool {
         .is_some_and(|c| c == "40001" || c == "40P01")
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn batch_with_retries(
     pg: &PgStore,
     rule: &Rule,
     resolved: &ResolvedRule,
+    link: Option<&Linked<'_>>,
     leaf: &str,
     window: (u32, u32),
     limit: i64,
@@ -190,7 +228,7 @@ async fn batch_with_retries(
 ) -> Result<Attempt, sqlx::Error> {
     let mut attempt = 0;
     loop {
-        match one_batch(pg, rule, resolved, leaf, window, limit, remaining).await {
+        match one_batch(pg, rule, resolved, link, leaf, window, limit, remaining).await {
             Err(e) if is_retryable(&e) && attempt < MAX_RETRIES => {
                 attempt += 1;
                 tracing::debug!(rule = %rule.name, attempt, error = %e, "Batch conflicted with another transaction; retrying.");
@@ -202,10 +240,12 @@ async fn batch_with_retries(
 }
 
 /// One batch in one REPEATABLE READ transaction with local timeouts.
+#[allow(clippy::too_many_arguments)]
 async fn one_batch(
     pg: &PgStore,
     rule: &Rule,
     resolved: &ResolvedRule,
+    link: Option<&Linked<'_>>,
     leaf: &str,
     (lo, hi): (u32, u32),
     limit: i64,
@@ -223,7 +263,57 @@ async fn one_batch(
     .bind(format!("{}ms", rule.settings.statement_timeout.as_millis()))
     .execute(&mut *tx)
     .await?;
-    let changed = batch::change(&mut tx, resolved, leaf, lo, hi).await?;
+    let (changed, objects, bytes, kept) = match link {
+        None => (
+            batch::change(&mut tx, resolved, leaf, lo, hi).await?,
+            0,
+            0,
+            0,
+        ),
+        Some(link) => {
+            let rows =
+                batch::select_linked(&mut tx, resolved, leaf, (lo, hi), &link.columns()).await?;
+            if rows.len() as i64 > limit && hi - lo > 1 {
+                tx.rollback().await?;
+                return Ok(Attempt::TooLarge(rows.len() as i64));
+            }
+            // Objects first, rows after, in this transaction: a crash in
+            // between leaves rows whose objects are gone (a rerun deletes
+            // them; a missing object counts as deleted), never objects
+            // whose rows are gone.
+            let (mut tids, mut refs, mut kept) = (Vec::new(), Vec::new(), 0);
+            for (tid, values) in rows {
+                match link.objects_of(&values).await {
+                    Ok(Some(objects)) => {
+                        tids.push(tid);
+                        refs.extend(objects);
+                    }
+                    Ok(None) => kept += 1,
+                    Err(why) => {
+                        tx.rollback().await?;
+                        return Ok(Attempt::BlobsFailed(why));
+                    }
+                }
+            }
+            let bytes: u64 = refs.iter().map(|r| r.size).sum();
+            for chunk in refs.chunks(link.store.batch_limit().max(1)) {
+                let failed: Vec<String> = chunk
+                    .iter()
+                    .zip(link.store.delete(chunk).await)
+                    .filter_map(|(r, result)| result.err().map(|e| format!("{}: {e}", r.key)))
+                    .collect();
+                if let Some(first) = failed.first() {
+                    tx.rollback().await?;
+                    return Ok(Attempt::BlobsFailed(format!(
+                        "{} object(s) not deleted, first: {first}",
+                        failed.len()
+                    )));
+                }
+            }
+            let rows = batch::delete_tids(&mut tx, resolved, leaf, &tids).await?;
+            (rows, refs.len() as i64, bytes, kept)
+        }
+    };
     // One page is the smallest window: its rows are a batch even when a page
     // holds more than batch_size of them.
     if changed > limit && hi - lo > 1 {
@@ -235,5 +325,80 @@ async fn one_batch(
         return Ok(Attempt::OverCap(changed));
     }
     tx.commit().await?;
-    Ok(Attempt::Committed(changed))
+    Ok(Attempt::Committed {
+        rows: changed,
+        objects,
+        bytes,
+        kept,
+    })
+}
+
+/// The objects a `blobs` rule deletes with each row.
+pub struct Linked<'a> {
+    /// Where the objects are.
+    pub store: &'a dyn BlobStore,
+    /// How a row names them.
+    pub locator: &'a BlobLocator,
+}
+
+impl Linked<'_> {
+    /// The columns whose values name a row's objects.
+    fn columns(&self) -> Vec<String> {
+        match self.locator {
+            BlobLocator::KeyColumn(c) => vec![c.clone()],
+            BlobLocator::PrefixTemplate(t) => {
+                crate::config::validate::template_columns(t).unwrap_or_default()
+            }
+        }
+    }
+
+    /// Every version of the objects a row names (None: an object is locked,
+    /// so the row must stay too); `values` are the [`Linked::columns`].
+    async fn objects_of(&self, values: &[Option<String>]) -> Result<Option<Vec<BlobRef>>, String> {
+        use futures_util::TryStreamExt;
+        let (prefix, exact) = match self.locator {
+            // A NULL key names no object: the row alone goes.
+            BlobLocator::KeyColumn(_) => match values.first().cloned().flatten() {
+                Some(key) => (key, true),
+                None => return Ok(Some(Vec::new())),
+            },
+            BlobLocator::PrefixTemplate(template) => {
+                let mut prefix = template.clone();
+                for (column, value) in self.columns().iter().zip(values) {
+                    // A value that is NULL, empty or has a `/` would name
+                    // another prefix than the row's: keep the row.
+                    match value {
+                        Some(v) if !v.is_empty() && !v.contains('/') => {
+                            prefix = prefix.replace(&format!("{{{column}}}"), v)
+                        }
+                        _ => return Ok(None),
+                    }
+                }
+                (prefix, false)
+            }
+        };
+        let listing: Vec<BlobMeta> = self
+            .store
+            .list(&prefix)
+            .try_collect()
+            .await
+            .map_err(|e| format!("listing {prefix}: {e}"))?;
+        let mine: Vec<&BlobMeta> = listing
+            .iter()
+            .filter(|m| !exact || m.key == prefix)
+            .collect();
+        if mine.iter().any(|m| m.locked.is_some()) {
+            return Ok(None);
+        }
+        Ok(Some(
+            mine.into_iter()
+                .map(|m| BlobRef {
+                    key: m.key.clone(),
+                    version: m.version.clone(),
+                    size: m.size,
+                    listed_modified: m.last_modified,
+                })
+                .collect(),
+        ))
+    }
 }

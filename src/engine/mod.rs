@@ -17,7 +17,7 @@ use serde_json::{json, Map, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-pub use batches::{execute as execute_rule_batches, Executed, Progress};
+pub use batches::{execute as execute_rule_batches, Executed, Linked, Progress};
 
 /// Set to stop a run after its current batch.
 #[derive(Debug, Clone, Default)]
@@ -275,6 +275,17 @@ impl Runner<'_> {
                     rule.settings.max_fraction,
                     self.options.allow_large,
                 );
+                // A `blobs` rule deletes each row's objects first; prepare
+                // refused it unless this build executes that store.
+                let link = match &rule.target {
+                    crate::config::Target::Table(t) => t.blobs.as_ref().and_then(|b| {
+                        self.stores.blob(&b.store).map(|store| batches::Linked {
+                            store,
+                            locator: &b.locator,
+                        })
+                    }),
+                    crate::config::Target::Prefix(_) => None,
+                };
                 let done = match pg {
                     Some(pg) => {
                         batches::execute(
@@ -284,6 +295,7 @@ impl Runner<'_> {
                             cap,
                             &self.cancel,
                             Some(claim),
+                            link.as_ref(),
                             self.progress,
                             report.matched,
                         )
@@ -294,6 +306,11 @@ impl Runner<'_> {
                     }
                 };
                 report.affected = Some(done.affected);
+                if link.is_some() {
+                    report.objects = Some(done.objects);
+                    report.bytes = Some(done.bytes);
+                    report.protected += done.kept;
+                }
                 report.batches = done.batches;
                 report.outcome = done.outcome;
                 report.reason = done.reason;
@@ -406,6 +423,9 @@ fn outcome_event(
         }
         if let Some(v) = report.versions {
             obj.insert("versions".into(), v.into());
+        }
+        if let Some(o) = report.objects {
+            obj.insert("objects".into(), o.into());
         }
         if let Some(b) = report.bytes {
             // Integers in records stay within ±2^53 (8 PiB): clamp, never wrap.

@@ -58,6 +58,9 @@ pub struct RuleReport {
     /// Blob rules: versions and delete markers to remove (plan) or removed (run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub versions: Option<i64>,
+    /// `blobs` rules: objects deleted with the rows (run only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects: Option<i64>,
     /// Blob rules: bytes to free (plan) or freed (run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
@@ -177,6 +180,7 @@ impl RuleReport {
             protected: 0,
             unparsable: None,
             versions: None,
+            objects: None,
             bytes: None,
             total: 0,
             batches: 0,
@@ -290,13 +294,23 @@ pub async fn prepare(
     if let Some(reason) = mostly_unparsable(&counts, table) {
         return report.refuse(reason);
     }
-    if table.blobs.is_some() {
+    if let Some(link) = &table.blobs {
         // Counted above so the plan shows what is due; deleting the rows
         // alone would orphan their objects and lose the keys that name them.
-        return report.refuse(
-            "this rule deletes blobs with its rows (`blobs`); blob stores are not executed by this build yet, \
-             and deleting the rows alone would orphan the objects",
-        );
+        match stores.blob(&link.store) {
+            None => {
+                return report.refuse(format!(
+                    "this rule deletes objects in store `{}` with its rows (`blobs`); s3 and azure_blob stores are not \
+                     executed by this build yet, and deleting the rows alone would orphan the objects",
+                    link.store
+                ))
+            }
+            Some(store) => {
+                if let Err(e) = store.check_identity().await {
+                    return report.refuse(format!("{store}: {e}"));
+                }
+            }
+        }
     }
     Prepared {
         report,

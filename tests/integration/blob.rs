@@ -42,9 +42,14 @@ async fn blob_idle_workspaces_go_whole_and_links_are_never_followed() {
     file(&root, "workspaces/active/old.csv", "old", "3 hours ago");
     file(&root, "workspaces/active/new.csv", "new", "10 minutes ago");
     file(&root, "other/keep.txt", "k", "3 hours ago");
-        std::os::unix::fs::symlink(&outside, root.join("workspaces/idle/link")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("workspaces/idle/link")).unwrap();
     // A link's own mtime counts toward its workspace's activity: age it too.
-    assert!(std::process::Command::new("touch").args(["-h", "-d", "3 hours ago"]).arg(root.join("workspaces/idle/link")).status().unwrap().success());
+    assert!(std::process::Command::new("touch")
+        .args(["-h", "-d", "3 hours ago"])
+        .arg(root.join("workspaces/idle/link"))
+        .status()
+        .unwrap()
+        .success());
     let cfg = fs_config(
         &env,
         &root,
@@ -158,4 +163,105 @@ fn blob_check_rejects_metadata_on_files() {
             .contains("retention.toml:14:18: files have no metadata to match"),
         "{out}"
     );
+}
+
+#[tokio::test]
+async fn blob_rows_go_with_their_objects_first_and_a_rerun_finishes() {
+    let env = Env::new().await;
+    let root = env.dir.path().join("uploads");
+    env.db.exec(
+        "CREATE TABLE users (id int primary key, tier text);
+         INSERT INTO users VALUES (1, 'free'), (2, 'paid');
+         CREATE TABLE uploaded_files (id int primary key, owner_id int references users(id), uploaded_at timestamptz, blob_key text);
+         INSERT INTO uploaded_files VALUES
+           (1, 1, now() - interval '2 hours', 'files/1.csv'),
+           (2, 1, now() - interval '2 hours', 'files/2.csv'),   -- its file is already gone (a crashed run)
+           (3, 1, now() - interval '2 hours', NULL),            -- names no file
+           (4, 1, now() - interval '10 minutes', 'files/4.csv'),
+           (5, 2, now() - interval '2 hours', 'files/5.csv');
+         CREATE TABLE data_sources (id int primary key, deleted_at timestamptz);
+         INSERT INTO data_sources VALUES (10, now() - interval '1 minute'), (11, NULL), (12, now() - interval '1 minute');",
+    )
+    .await;
+    for key in [
+        "files/1.csv",
+        "files/4.csv",
+        "files/5.csv",
+        "files/1.csv.bak",
+    ] {
+        file(&root, key, "data", "3 hours ago");
+    }
+    for key in [
+        "sources/10/a.parquet",
+        "sources/10/deep/b.parquet",
+        "sources/11/c.parquet",
+        "sources/100/d.parquet",
+        "sources/12/e.parquet",
+    ] {
+        file(&root, key, "rows", "3 hours ago");
+    }
+    // Source 12 holds a link: the store never deletes it, so its row stays.
+    std::os::unix::fs::symlink("/etc/hostname", root.join("sources/12/link")).unwrap();
+    let rules = "[[rules]]\nname = \"uploads-free-1h\"\nstore = \"app\"\ntable = \"uploaded_files\"\nage = \"uploaded_at\"\n\
+                 where = \"owner_id IN (SELECT id FROM users WHERE tier = 'free')\"\nkeep = \"1h\"\naction = \"delete\"\nmax_fraction = 1.0\n\
+                 blobs = { store = \"uploads\", key_column = \"blob_key\" }\n\n\
+                 [[rules]]\nname = \"deleted-data-sources\"\nstore = \"app\"\ntable = \"data_sources\"\nage = \"deleted_at\"\nkeep = \"0s\"\naction = \"delete\"\nmax_fraction = 1.0\n\
+                 blobs = { store = \"uploads\", prefix_template = \"sources/{id}/\" }\n";
+    let cfg = env.config(&format!(
+        "[stores.uploads]\ntype = \"filesystem\"\nroot = \"{}\"\n\n{rules}",
+        root.display()
+    ));
+    let plan = json_cmd("plan", &cfg, &[]);
+    assert_eq!(plan.code, 0, "{plan}");
+    assert_eq!(plan.rule("uploads-free-1h")["matched"], 3);
+    assert!(root.join("files/1.csv").exists(), "plan deleted nothing");
+    let run = json_cmd("run", &cfg, &[]);
+    assert_eq!(run.code, 0, "{run}");
+    let up = run.rule("uploads-free-1h");
+    assert_eq!(
+        (up["affected"].as_i64(), up["objects"].as_i64()),
+        (Some(3), Some(1)),
+        "{run}"
+    );
+    assert_eq!(
+        env.db
+            .strings("SELECT id::text FROM uploaded_files ORDER BY id")
+            .await,
+        ["4", "5"]
+    );
+    assert!(!root.join("files/1.csv").exists());
+    for kept in [
+        "files/4.csv",
+        "files/5.csv",
+        "files/1.csv.bak",
+        "sources/11/c.parquet",
+        "sources/100/d.parquet",
+        "sources/12/e.parquet",
+    ] {
+        assert!(root.join(kept).exists(), "{kept} must stay");
+    }
+    let ds = run.rule("deleted-data-sources");
+    assert_eq!(
+        (
+            ds["affected"].as_i64(),
+            ds["objects"].as_i64(),
+            ds["protected"].as_i64()
+        ),
+        (Some(1), Some(2), Some(1)),
+        "{run}"
+    );
+    assert!(
+        !root.join("sources/10").exists(),
+        "every file under the source's prefix went"
+    );
+    assert_eq!(
+        env.db
+            .strings("SELECT id::text FROM data_sources ORDER BY id")
+            .await,
+        ["11", "12"],
+        "a row whose object is locked stays"
+    );
+    let records = chain::assert_valid(&env.db.pool, &load_public(&env.public_key).unwrap()).await;
+    let outcome = chain::of(&records, "run_outcome", "deleted-data-sources")[0];
+    assert_eq!(outcome["counts"]["objects"], 2);
 }

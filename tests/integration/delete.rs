@@ -651,6 +651,7 @@ async fn delete_batches_never_exceed_batch_size_when_density_jumps() {
         None,
         &retentiond::engine::Cancel::default(),
         None,
+        None,
         &sizes,
         prepared.report.matched,
     )

@@ -110,6 +110,55 @@ pub async fn change(
     Ok(q.execute(conn).await?.rows_affected() as i64)
 }
 
+/// A row a blob-linked delete would take: its tid, and the text of the
+/// columns that name its objects (in the order asked for).
+pub type LinkedRow = (String, Vec<Option<String>>);
+
+/// The eligible rows of `leaf` in the page window `[lo, hi)` with the text
+/// of `columns`, for a delete that removes their objects first.
+pub async fn select_linked(
+    conn: &mut PgConnection,
+    rule: &ResolvedRule,
+    leaf: &str,
+    (lo, hi): (u32, u32),
+    columns: &[String],
+) -> Result<Vec<LinkedRow>, sqlx::Error> {
+    let cols: Vec<String> = columns
+        .iter()
+        .map(|c| format!("t.{}::text", super::sql::quote_ident(c)))
+        .collect();
+    let query = format!(
+        "SELECT t.ctid::text, ARRAY[{}]::text[] FROM {leaf} AS t \
+         WHERE t.ctid >= $1::text::tid AND t.ctid < $2::text::tid AND {}",
+        cols.join(", "),
+        rule.eligible()
+    );
+    sqlx::query_as::<_, (String, Vec<Option<String>>)>(&query)
+        .bind(page_start(lo))
+        .bind(page_start(hi))
+        .fetch_all(conn)
+        .await
+}
+
+/// Deletes the rows at `tids` that are still eligible (same snapshot: the
+/// rows `select_linked` returned).
+pub async fn delete_tids(
+    conn: &mut PgConnection,
+    rule: &ResolvedRule,
+    leaf: &str,
+    tids: &[String],
+) -> Result<i64, sqlx::Error> {
+    let query = format!(
+        "DELETE FROM {leaf} AS t WHERE t.ctid = ANY($1::text[]::tid[]) AND {}",
+        rule.eligible()
+    );
+    Ok(sqlx::query(&query)
+        .bind(tids)
+        .execute(conn)
+        .await?
+        .rows_affected() as i64)
+}
+
 /// Tuples per page from the statistics (50 when unknown), to size the first
 /// window.
 pub async fn tuples_per_page(conn: &mut PgConnection, leaf: &str) -> Result<f64, sqlx::Error> {
