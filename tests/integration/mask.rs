@@ -68,8 +68,11 @@ async fn mask_ip_prefix_on_inet_cidr_text_and_idempotent() {
 
 #[tokio::test]
 async fn mask_unparsable_kept_when_asked_and_still_counted() {
-    let env = Env::new().await;
+        let env = Env::new().await;
     env.db.exec(SESSIONS).await;
+    // A kept unparsable value beside a column that does need masking: the
+    // row is updated, and the kept value must survive it.
+    env.db.exec("INSERT INTO sessions VALUES (7, now() - interval '40 days', NULL, NULL, 'garbage', '192.0.2.9', NULL)").await;
     let cfg = env.config(&mask_rule(
         "ips",
         "sessions",
@@ -78,8 +81,9 @@ async fn mask_unparsable_kept_when_asked_and_still_counted() {
     ));
     let run = json_cmd("run", &cfg, &[]);
     assert_eq!(run.code, 0, "{run}");
-    assert_eq!(run.rule("ips")["affected"], 3);
-    assert_eq!(run.rule("ips")["unparsable"], 1);
+    assert_eq!(run.rule("ips")["affected"], 4);
+    assert_eq!(run.rule("ips")["unparsable"], 2);
+    assert_eq!(env.db.strings("SELECT ip_text || '|' || ip_nn FROM sessions WHERE id = 7").await, ["garbage|192.0.2.0"]);
     assert_eq!(
         env.db
             .strings("SELECT ip_text || '|' || ip_nn FROM sessions WHERE id = 3")
@@ -90,7 +94,7 @@ async fn mask_unparsable_kept_when_asked_and_still_counted() {
     assert_eq!(again.rule("ips")["affected"], 0, "{again}");
     assert_eq!(
         again.rule("ips")["unparsable"],
-        1,
+        2,
         "kept values stay visible in the counts"
     );
 }

@@ -213,11 +213,18 @@ pub fn column_mask(
     params: Option<(&str, &str)>,
 ) -> ColumnMask {
     let c = format!("t.{}", quote_ident(column));
+        // A row is updated when any of its masked columns is not masked yet;
+    // its other columns must not change. ip_prefix, null and redact give a
+    // masked value back unchanged, so they need no guard (one evaluation
+    // less per row); an HMAC of a pseudonym is another pseudonym, so hmac is
+    // guarded.
+    let guarded = matches!(strategy, MaskStrategy::Hmac { .. });
     let assign = |expr: String, masked: &str| {
-        format!(
-            "{} = CASE WHEN {masked} THEN {c} ELSE {expr} END",
-            quote_ident(column)
-        )
+        if guarded {
+            format!("{} = CASE WHEN {masked} THEN {c} ELSE {expr} END", quote_ident(column))
+        } else {
+            format!("{} = {expr}", quote_ident(column))
+        }
     };
     let (ipad, opad) = params.unwrap_or(("NULL::bytea", "NULL::bytea"));
     let simple = |masked: String, expr: String| ColumnMask {
@@ -268,7 +275,13 @@ pub fn column_mask(
                 format!("{c} = {}", inet_text(&prefix_inet(&p))),
                 inet_text(&prefix_inet(&p)),
             );
-            let replacement = if not_null { "'redacted'" } else { "NULL" };
+                        // Keep mode leaves text that is not an IP as it is, also when
+            // another column of the row is being masked.
+            let replacement = match (on_unparsable, not_null) {
+                (OnUnparsable::Keep, _) => c.clone(),
+                (OnUnparsable::Replace, true) => "'redacted'".to_string(),
+                (OnUnparsable::Replace, false) => "NULL".to_string(),
+            };
             let (masked_unparsable, unparsable) = match (on_unparsable, not_null) {
                 (OnUnparsable::Keep, _) => (
                     format!(" OR {p} IS NULL"),
