@@ -68,7 +68,7 @@ async fn mask_ip_prefix_on_inet_cidr_text_and_idempotent() {
 
 #[tokio::test]
 async fn mask_unparsable_kept_when_asked_and_still_counted() {
-        let env = Env::new().await;
+    let env = Env::new().await;
     env.db.exec(SESSIONS).await;
     // A kept unparsable value beside a column that does need masking: the
     // row is updated, and the kept value must survive it.
@@ -83,7 +83,12 @@ async fn mask_unparsable_kept_when_asked_and_still_counted() {
     assert_eq!(run.code, 0, "{run}");
     assert_eq!(run.rule("ips")["affected"], 4);
     assert_eq!(run.rule("ips")["unparsable"], 2);
-    assert_eq!(env.db.strings("SELECT ip_text || '|' || ip_nn FROM sessions WHERE id = 7").await, ["garbage|192.0.2.0"]);
+    assert_eq!(
+        env.db
+            .strings("SELECT ip_text || '|' || ip_nn FROM sessions WHERE id = 7")
+            .await,
+        ["garbage|192.0.2.0"]
+    );
     assert_eq!(
         env.db
             .strings("SELECT ip_text || '|' || ip_nn FROM sessions WHERE id = 3")

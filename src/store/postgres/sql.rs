@@ -213,7 +213,7 @@ pub fn column_mask(
     params: Option<(&str, &str)>,
 ) -> ColumnMask {
     let c = format!("t.{}", quote_ident(column));
-        // A row is updated when any of its masked columns is not masked yet;
+    // A row is updated when any of its masked columns is not masked yet;
     // its other columns must not change. ip_prefix, null and redact give a
     // masked value back unchanged, so they need no guard (one evaluation
     // less per row); an HMAC of a pseudonym is another pseudonym, so hmac is
@@ -221,7 +221,10 @@ pub fn column_mask(
     let guarded = matches!(strategy, MaskStrategy::Hmac { .. });
     let assign = |expr: String, masked: &str| {
         if guarded {
-            format!("{} = CASE WHEN {masked} THEN {c} ELSE {expr} END", quote_ident(column))
+            format!(
+                "{} = CASE WHEN {masked} THEN {c} ELSE {expr} END",
+                quote_ident(column)
+            )
         } else {
             format!("{} = {expr}", quote_ident(column))
         }
@@ -275,7 +278,7 @@ pub fn column_mask(
                 format!("{c} = {}", inet_text(&prefix_inet(&p))),
                 inet_text(&prefix_inet(&p)),
             );
-                        // Keep mode leaves text that is not an IP as it is, also when
+            // Keep mode leaves text that is not an IP as it is, also when
             // another column of the row is being masked.
             let replacement = match (on_unparsable, not_null) {
                 (OnUnparsable::Keep, _) => c.clone(),
