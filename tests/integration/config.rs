@@ -18,17 +18,7 @@ fn config_contract_example_is_accepted() {
     let key = key.display().to_string();
     let out = retentiond(
         &["check", "-c", contract],
-        &[
-            ("RETENTIOND_SIGNING_KEY", key.as_str()),
-            ("APP_DATABASE_URL", "postgres://u@127.0.0.1:1/app"),
-            ("S3_ENDPOINT", "http://127.0.0.1:1"),
-            ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1"),
-            (
-                "AZURE_BLOB_ENDPOINT",
-                "http://127.0.0.1:10000/devstoreaccount1",
-            ),
-            ("SCRATCH_DIR", "/tmp"),
-        ],
+        &contract_vars(&key, "postgres://u@127.0.0.1:1/app"),
     );
     assert_eq!(out.code, 0, "{out}");
     assert!(
@@ -198,26 +188,11 @@ fn config_shipped_examples_are_valid() {
     let (_dir, key) = key_dir();
     let key = key.display().to_string();
     let root = env!("CARGO_MANIFEST_DIR");
-    for file in [
-        "retention.toml",
-        "examples/personaplex.toml",
-        "examples/personaizer.toml",
-        "examples/inferlabs.toml",
-    ] {
+    for file in SHIPPED_CONFIGS {
         let path = format!("{root}/{file}");
         let out = retentiond(
             &["check", "-c", &path],
-            &[
-                ("RETENTIOND_SIGNING_KEY", key.as_str()),
-                ("APP_DATABASE_URL", "postgres://u@127.0.0.1:1/app"),
-                ("S3_ENDPOINT", "http://127.0.0.1:1"),
-                ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1"),
-                (
-                    "AZURE_BLOB_ENDPOINT",
-                    "http://127.0.0.1:10000/devstoreaccount1",
-                ),
-                ("SCRATCH_DIR", "/tmp"),
-            ],
+            &contract_vars(&key, "postgres://u@127.0.0.1:1/app"),
         );
         assert_eq!(out.code, 0, "{file}: {out}");
     }

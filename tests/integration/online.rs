@@ -114,25 +114,10 @@ async fn online_shipped_examples_fit_the_shipped_schema() {
         .exec(&std::fs::read_to_string(format!("{root}/examples/sample-data.sql")).unwrap())
         .await;
     let key = env.key.display().to_string();
-    for file in [
-        "retention.toml",
-        "examples/personaplex.toml",
-        "examples/personaizer.toml",
-        "examples/inferlabs.toml",
-    ] {
+    for file in SHIPPED_CONFIGS {
         let out = retentiond(
             &["check", "--online", "-c", &format!("{root}/{file}")],
-            &[
-                ("RETENTIOND_SIGNING_KEY", key.as_str()),
-                ("APP_DATABASE_URL", env.db.url.as_str()),
-                ("S3_ENDPOINT", "http://127.0.0.1:1"),
-                ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1"),
-                (
-                    "AZURE_BLOB_ENDPOINT",
-                    "http://127.0.0.1:10000/devstoreaccount1",
-                ),
-                ("SCRATCH_DIR", "/tmp"),
-            ],
+            &contract_vars(&key, &env.db.url),
         );
         assert_eq!(out.code, 0, "{file}: {out}");
         assert!(out.stdout.contains("checked online"), "{file}: {out}");

@@ -111,3 +111,27 @@ pub fn json_cmd(cmd: &str, config: &Path, extra: &[&str]) -> Out {
     args.extend_from_slice(extra);
     retentiond(&args, &[])
 }
+
+/// The configs the repository ships for users to start from.
+pub const SHIPPED_CONFIGS: [&str; 4] = [
+    "retention.toml",
+    "examples/personaplex.toml",
+    "examples/personaizer.toml",
+    "examples/inferlabs.toml",
+];
+
+/// The environment the contract and the shipped configs refer to with
+/// `${VAR}`: the signing key, the app database and the blob endpoints.
+pub fn contract_vars<'a>(key: &'a str, db_url: &'a str) -> [(&'a str, &'a str); 6] {
+    [
+        ("RETENTIOND_SIGNING_KEY", key),
+        ("APP_DATABASE_URL", db_url),
+        ("S3_ENDPOINT", "http://127.0.0.1:1"),
+        ("AZURE_STORAGE_ACCOUNT", "devstoreaccount1"),
+        (
+            "AZURE_BLOB_ENDPOINT",
+            "http://127.0.0.1:10000/devstoreaccount1",
+        ),
+        ("SCRATCH_DIR", "/tmp"),
+    ]
+}
