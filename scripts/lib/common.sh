@@ -7,6 +7,13 @@
 #   pg_start DIR          start a throwaway cluster in DIR on a free port of
 #                         127.0.0.1; exports PGPORT, PGHOST, PGUSER, DATABASE_URL
 #   pg_stop DIR           stop that cluster and remove DIR
+#   ensure_moto           find (or pip install) moto_server, the S3 emulator;
+#                         exports RETENTIOND_MOTO
+#   ensure_azurite        find (or npm install into .tools/azurite) Azurite,
+#                         the Azure Blob emulator; exports RETENTIOND_AZURITE
+#   ensure_rclone         find (or apt-get install) rclone (benchmark only)
+#   ensure_faketime       find (or apt-get install) libfaketime; exports
+#                         RETENTIOND_FAKETIME (the tests age objects with it)
 #
 # Everything is `set -euo pipefail` friendly, and every install step is
 # skipped when the thing is already there. Works as root on a fresh Debian 12
@@ -17,6 +24,9 @@ if [[ -n "${_RETENTIOND_COMMON_SH:-}" ]]; then
     return 0
 fi
 _RETENTIOND_COMMON_SH=1
+
+# The repository's root (this file is scripts/lib/common.sh).
+_RETENTIOND_ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd -P)"
 
 # --- output -------------------------------------------------------------------
 
@@ -244,4 +254,107 @@ pg_stop() {
             warn "pg_ctl stop failed for $dir/data"
     fi
     rm -rf -- "$dir"
+}
+
+# --- blob-store emulators -------------------------------------------------------
+
+# _moto_exe: print the absolute path of the moto_server that belongs to the
+# python3 on PATH (the one `import moto` works in), or fail.
+_moto_exe() {
+    local dir exe
+    # Prefer the script next to python3's own (pip puts it there): a pyenv
+    # shim on PATH may be missing until `pyenv rehash`.
+    for dir in "$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null)" \
+        "$(python3 -c 'import site; print(site.USER_BASE)' 2>/dev/null)/bin"; do
+        if [[ -n "$dir" && -x "$dir/moto_server" ]]; then
+            printf '%s\n' "$dir/moto_server"
+            return 0
+        fi
+    done
+    exe="$(command -v moto_server 2>/dev/null)" || return 1
+    printf '%s\n' "$exe"
+}
+
+# ensure_moto: export RETENTIOND_MOTO, the absolute path of moto_server (the
+# S3 emulator, PyPI moto[server]), pip-installing it when it is missing.
+# An executable RETENTIOND_MOTO that is already set is kept.
+ensure_moto() {
+    local exe version
+    local probe='import moto, flask; print(moto.__version__)'
+    if [[ -n "${RETENTIOND_MOTO:-}" && -x "$RETENTIOND_MOTO" ]]; then
+        info "moto_server: $RETENTIOND_MOTO (from RETENTIOND_MOTO)"
+        return 0
+    fi
+    command -v python3 >/dev/null 2>&1 || apt_install python3 python3-pip
+    if command -v moto_server >/dev/null 2>&1 &&
+        version="$(python3 -c "$probe" 2>/dev/null)" && exe="$(_moto_exe)"; then
+        :
+    else
+        info "moto_server not found: installing moto[server] from PyPI"
+        python3 -m pip install --quiet 'moto[server]' ||
+            die "pip install 'moto[server]' failed (a Debian python3 refusing it as externally managed needs a venv or pyenv python)"
+        hash -r
+        version="$(python3 -c "$probe" 2>/dev/null)" ||
+            die "moto[server] installed, but python3 cannot import moto and flask"
+        exe="$(_moto_exe)" || die "moto[server] installed, but no moto_server executable found"
+    fi
+    exe="$(cd -- "$(dirname -- "$exe")" && pwd -P)/$(basename -- "$exe")"
+    export RETENTIOND_MOTO="$exe"
+    info "moto_server: moto $version ($exe)"
+}
+
+# ensure_azurite: export RETENTIOND_AZURITE, the absolute path of azurite-blob
+# (the Azure Blob emulator), npm-installing azurite into the project-local
+# prefix .tools/azurite (gitignored) when it is not there yet. npm picks the
+# newest azurite whose `engines` accepts this node (azurite >= 3.36 wants
+# node >= 21). An executable RETENTIOND_AZURITE that is already set is kept.
+ensure_azurite() {
+    local prefix="$_RETENTIOND_ROOT/.tools/azurite"
+    local exe="$prefix/node_modules/.bin/azurite-blob"
+    if [[ -n "${RETENTIOND_AZURITE:-}" && -x "$RETENTIOND_AZURITE" ]]; then
+        info "azurite-blob: $RETENTIOND_AZURITE (from RETENTIOND_AZURITE)"
+        return 0
+    fi
+    if [[ ! -x "$exe" ]]; then
+        if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+            info "node or npm not found: installing Debian's nodejs and npm"
+            apt_install nodejs npm
+        fi
+        info "installing azurite from npm into $prefix"
+        mkdir -p -- "$prefix"
+        # Pinned: the newest release that runs on Debian's and this image's
+        # node 20 (3.36 and later want node >= 21).
+        npm install --prefix "$prefix" --no-audit --no-fund --loglevel=error azurite@3.35.0 ||
+            die "npm install --prefix $prefix azurite failed"
+        [[ -x "$exe" ]] || die "azurite installed, but $exe is missing"
+    fi
+    export RETENTIOND_AZURITE="$exe"
+    info "azurite-blob: azurite $("$exe" --version 2>/dev/null || echo '?') ($exe)"
+}
+
+# ensure_rclone: install rclone when it is missing (only the benchmark uses it).
+ensure_rclone() {
+    if ! command -v rclone >/dev/null 2>&1; then
+        info "rclone not found: installing Debian's rclone"
+        apt_install rclone
+        command -v rclone >/dev/null 2>&1 || die "rclone installed, but not on PATH"
+    fi
+    info "rclone: $(rclone version 2>/dev/null | head -n 1) ($(command -v rclone))"
+}
+
+# ensure_faketime: export RETENTIOND_FAKETIME, the path of libfaketime.so.1.
+# S3 and Azure set an object's last-modified time themselves, so the tests
+# start the emulators under libfaketime and move their clock back to write
+# "old" objects.
+ensure_faketime() {
+    local lib
+    lib="$(ls /usr/lib/*/faketime/libfaketime.so.1 2>/dev/null | head -n 1 || true)"
+    if [[ -z "$lib" ]]; then
+        info "libfaketime not found: installing Debian's faketime"
+        apt_install faketime
+        lib="$(ls /usr/lib/*/faketime/libfaketime.so.1 2>/dev/null | head -n 1 || true)"
+        [[ -n "$lib" ]] || die "faketime installed, but libfaketime.so.1 is missing"
+    fi
+    export RETENTIOND_FAKETIME="$lib"
+    info "libfaketime: $lib"
 }

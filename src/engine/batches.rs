@@ -383,21 +383,20 @@ impl Linked<'_> {
             .try_collect()
             .await
             .map_err(|e| format!("listing {prefix}: {e}"))?;
-        let mine: Vec<&BlobMeta> = listing
-            .iter()
+        let mut mine: Vec<BlobMeta> = listing
+            .into_iter()
             .filter(|m| !exact || m.key == prefix)
             .collect();
+        self.store
+            .describe(&mut mine, false)
+            .await
+            .map_err(|e| format!("reading object locks under {prefix}: {e}"))?;
         if mine.iter().any(|m| m.locked.is_some()) {
             return Ok(None);
         }
         Ok(Some(
-            mine.into_iter()
-                .map(|m| BlobRef {
-                    key: m.key.clone(),
-                    version: m.version.clone(),
-                    size: m.size,
-                    listed_modified: m.last_modified,
-                })
+            mine.iter()
+                .map(|m| BlobRef::to(m, m.version.clone()))
                 .collect(),
         ))
     }

@@ -8,6 +8,7 @@ use crate::config::Rule;
 use crate::plan::blob::Selection;
 use crate::plan::Outcome;
 use crate::store::blob::BlobStore;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use std::collections::BTreeSet;
 
 /// What the deletion did.
@@ -51,30 +52,43 @@ pub async fn execute(
     let mut gone_keys: BTreeSet<&str> = BTreeSet::new();
     let mut errors = 0usize;
     let mut first_error = None;
-    for chunk in selection.due.chunks(per_batch) {
-        if cancel.is_cancelled() {
-            done.outcome = Outcome::Interrupted;
-            done.reason = Some(format!(
-                "interrupted after {} batches; a rerun resumes",
-                done.batches
-            ));
-            break;
-        }
-        if let Some(claim) = claim {
-            if !claim.held().await {
+    // Up to `parallelism` delete calls in flight; before each new one, the
+    // cancel flag and the claim are checked, so a stop waits only for the
+    // calls already sent.
+    let mut chunks = selection.due.chunks(per_batch);
+    let mut in_flight = FuturesOrdered::new();
+    loop {
+        while in_flight.len() < store.parallelism().max(1) && done.outcome == Outcome::Ok {
+            let Some(chunk) = chunks.next() else { break };
+            if cancel.is_cancelled() {
                 done.outcome = Outcome::Interrupted;
-                done.reason = Some("lost the rule's claim; stopped so that no other replica runs this rule at the same time".into());
+                done.reason = Some(format!(
+                    "interrupted after {} batches; a rerun resumes",
+                    done.batches + in_flight.len() as i64
+                ));
                 break;
             }
+            if let Some(claim) = claim {
+                if !claim.held().await {
+                    done.outcome = Outcome::Interrupted;
+                    done.reason = Some("lost the rule's claim; stopped so that no other replica runs this rule at the same time".into());
+                    break;
+                }
+            }
+            in_flight.push_back(async move { (chunk, store.delete(chunk).await) });
         }
-        let results = store.delete(chunk).await;
+        let Some((chunk, results)) = in_flight.next().await else {
+            break;
+        };
         done.batches += 1;
         for (item, result) in chunk.iter().zip(results) {
             match result {
                 Ok(()) => {
-                    gone_keys.insert(&item.key);
+                    if !item.pending {
+                        gone_keys.insert(&item.key);
+                    }
                     done.bytes += item.size;
-                    if item.version.is_some() {
+                    if item.version.is_some() && !item.pending {
                         done.versions += 1;
                     }
                 }

@@ -13,9 +13,9 @@
 //!   counted as protected.
 
 use crate::config::{PrefixRule, Versions};
-use crate::store::blob::{BlobMeta, BlobRef};
+use crate::store::blob::{BlobMeta, BlobRef, BlobStore, StoreError};
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// What a blob rule would remove.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,6 +32,8 @@ pub struct Selection {
     pub versions: i64,
     /// Bytes in `due`.
     pub bytes: u64,
+    /// Incomplete uploads in `due` (aborted, not counted as objects).
+    pub uploads: i64,
     /// The oldest age among due items.
     pub oldest: Option<DateTime<Utc>>,
 }
@@ -65,22 +67,14 @@ pub fn select(
     cutoff: DateTime<Utc>,
     held: &[String],
 ) -> Selection {
-    let matches_metadata = |m: &BlobMeta| {
-        rule.match_metadata
-            .iter()
-            .all(|(k, v)| m.metadata.get(k) == Some(v))
-    };
-    let keys: BTreeSet<&str> = listing
-        .iter()
-        .filter(|m| !m.delete_marker)
-        .map(|m| m.key.as_str())
-        .collect();
+    let objects = || listing.iter().filter(|m| !m.delete_marker && !m.pending);
+    let keys: BTreeSet<&str> = objects().map(|m| m.key.as_str()).collect();
     let mut s = Selection {
         total: keys.len() as i64,
         ..Selection::default()
     };
     // A group (or, without grouping, a key) expires as a whole when its
-    // newest item did.
+    // newest item did; an upload in progress counts as activity.
     let unit = |key: &str| {
         rule.group_by_prefix_depth
             .map_or_else(|| key.to_string(), |d| group_of(key, d))
@@ -90,55 +84,121 @@ pub fn select(
         let entry = newest
             .entry(unit(&m.key))
             .or_insert(Some(DateTime::<Utc>::MIN_UTC));
-        *entry = match (*entry, age(m, rule)) {
+        let age = if m.pending {
+            Some(m.last_modified)
+        } else {
+            age(m, rule)
+        };
+        *entry = match (*entry, age) {
             (Some(a), Some(b)) => Some(a.max(b)),
             // One item of unknown age keeps the whole unit.
             _ => None,
         };
     }
+    let expired = |m: &BlobMeta| match (rule.group_by_prefix_depth, rule.versions) {
+        (Some(_), _) => newest
+            .get(&unit(&m.key))
+            .copied()
+            .flatten()
+            .is_some_and(|n| n <= cutoff),
+        // An upload has no metadata: it goes only when the rule asks for
+        // none (refusal on doubt), aged by when it began.
+        _ if m.pending => rule.match_metadata.is_empty() && m.last_modified <= cutoff,
+        (None, Versions::All) => age(m, rule).is_some_and(|a| a <= cutoff),
+        (None, Versions::Current) => {
+            m.is_latest && !m.delete_marker && age(m, rule).is_some_and(|a| a <= cutoff)
+        }
+    };
+    let matches_metadata = |m: &BlobMeta| {
+        rule.match_metadata
+            .iter()
+            .all(|(k, v)| m.metadata.get(k) == Some(v))
+    };
+    let is_held = |m: &BlobMeta| m.locked.is_some() || held.iter().any(|h| m.key.starts_with(h));
     let mut matched: BTreeSet<&str> = BTreeSet::new();
     let mut protected: BTreeSet<&str> = BTreeSet::new();
-    for m in listing {
-        let expired = match (rule.group_by_prefix_depth, rule.versions) {
-            (Some(_), _) => newest
-                .get(&unit(&m.key))
-                .copied()
-                .flatten()
-                .is_some_and(|n| n <= cutoff),
-            (None, Versions::All) => age(m, rule).is_some_and(|a| a <= cutoff),
-            (None, Versions::Current) => {
-                m.is_latest && !m.delete_marker && age(m, rule).is_some_and(|a| a <= cutoff)
-            }
+    let take = |s: &mut Selection, m: &BlobMeta| {
+        let version = match rule.versions {
+            Versions::All => m.version.clone(),
+            Versions::Current if m.pending => m.version.clone(),
+            Versions::Current => None,
         };
-        if !expired || !(m.delete_marker || matches_metadata(m)) {
+        s.due.push(BlobRef::to(m, version));
+        s.bytes += m.size;
+        if m.pending {
+            s.uploads += 1;
+        } else if m.version.is_some() && rule.versions == Versions::All {
+            s.versions += 1;
+        }
+        s.oldest = s.oldest.min(age(m, rule)).or(age(m, rule));
+    };
+    for m in listing.iter().filter(|m| !m.delete_marker) {
+        if !expired(m) || !(m.pending || matches_metadata(m)) {
             continue;
         }
-        if m.locked.is_some() || held.iter().any(|h| m.key.starts_with(h.as_str())) {
+        if is_held(m) {
             protected.insert(&m.key);
             continue;
         }
-        let version = match rule.versions {
-            Versions::All => m.version.clone(),
-            Versions::Current => None,
-        };
-        s.due.push(BlobRef {
-            key: m.key.clone(),
-            version,
-            size: m.size,
-            listed_modified: m.last_modified,
-        });
-        s.bytes += m.size;
-        if m.version.is_some() && rule.versions == Versions::All {
-            s.versions += 1;
-        }
-        if !m.delete_marker {
+        if !m.pending {
             matched.insert(&m.key);
         }
-        s.oldest = s.oldest.min(age(m, rule)).or(age(m, rule));
+        take(&mut s, m);
+    }
+    // An expired delete marker goes with its key's versions, or alone when
+    // it hides nothing; never alone over versions the rule keeps (that
+    // would bring a deleted object back).
+    for m in listing.iter().filter(|m| m.delete_marker) {
+        let hides_nothing = !keys.contains(m.key.as_str());
+        if rule.versions == Versions::All
+            && expired(m)
+            && !is_held(m)
+            && !protected.contains(m.key.as_str())
+            && (hides_nothing || matched.contains(m.key.as_str()))
+        {
+            take(&mut s, m);
+        }
     }
     s.matched = matched.len() as i64;
     s.protected = protected.difference(&matched).count() as i64;
     s
+}
+
+/// Asks `store` for the locks of the listed items `selection` would
+/// delete, and records them in `listing` (the caller selects again).
+pub async fn describe_due(
+    store: &dyn BlobStore,
+    listing: &mut [BlobMeta],
+    selection: &Selection,
+) -> Result<(), StoreError> {
+    let due: HashSet<(&str, Option<&str>)> = selection
+        .due
+        .iter()
+        .map(|r| (r.key.as_str(), r.version.as_deref()))
+        .collect();
+    // versions = "current" deletes by key: its candidate is the latest.
+    let mut candidates: Vec<BlobMeta> = listing
+        .iter()
+        .filter(|m| {
+            due.contains(&(m.key.as_str(), m.version.as_deref()))
+                || (m.is_latest && due.contains(&(m.key.as_str(), None)))
+        })
+        .cloned()
+        .collect();
+    if candidates.is_empty() {
+        return Ok(());
+    }
+    store.describe(&mut candidates, false).await?;
+    let locks: HashMap<(String, Option<String>), String> = candidates
+        .into_iter()
+        .filter_map(|m| Some(((m.key, m.version), m.locked?)))
+        .collect();
+    for m in listing.iter_mut() {
+        if let Some(lock) = locks.get(&(m.key.clone(), m.version.clone())) {
+            m.locked = Some(lock.clone());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -160,6 +220,7 @@ mod tests {
             delete_marker: false,
             metadata: BTreeMap::new(),
             locked: None,
+            pending: false,
         }
     }
 

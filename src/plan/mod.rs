@@ -330,7 +330,7 @@ async fn prepare_blob(
 ) -> Prepared {
     use futures_util::TryStreamExt;
     let Some(store) = stores.blob(&rule.store) else {
-        return report.refuse("s3 and azure_blob stores are not executed by this build yet");
+        return report.refuse("azure_blob stores are not executed by this build yet");
     };
     if let Err(e) = store.check_identity().await {
         return report.refuse(format!("{store}: {e}"));
@@ -344,7 +344,7 @@ async fn prepare_blob(
         return report.refuse(format!("keep {} reaches before year 0", rule.keep));
     };
     report.cutoff = Some(cutoff);
-    let listing: Vec<crate::store::blob::BlobMeta> =
+    let mut listing: Vec<crate::store::blob::BlobMeta> =
         match store.list(&prefix.prefix).try_collect().await {
             Ok(l) => l,
             Err(e) => return report.fail(format!("{store}: listing {}: {e}", prefix.prefix)),
@@ -358,13 +358,33 @@ async fn prepare_blob(
             _ => None,
         })
         .collect();
-    let selection = blob::select(&listing, prefix, cutoff, &held);
+    // Metadata the listing lacks is needed to select at all; locks only for
+    // what would go, so they are asked about the candidates alone.
+    let wants_metadata = !prefix.match_metadata.is_empty() || prefix.age_metadata.is_some();
+    if wants_metadata {
+        if let Err(e) = store.describe(&mut listing, true).await {
+            return report.fail(format!("{store}: reading metadata: {e}"));
+        }
+    }
+    let mut selection = blob::select(&listing, prefix, cutoff, &held);
+    if !wants_metadata {
+        if let Err(e) = blob::describe_due(store, &mut listing, &selection).await {
+            return report.fail(format!("{store}: reading object locks: {e}"));
+        }
+        selection = blob::select(&listing, prefix, cutoff, &held);
+    }
     report.matched = selection.matched;
     report.protected = selection.protected;
     report.total = selection.total;
     report.oldest = selection.oldest;
     report.versions = Some(selection.versions);
     report.bytes = Some(selection.bytes);
+    if selection.uploads > 0 {
+        report.notes.push(format!(
+            "{} incomplete upload(s) older than the cutoff are aborted too",
+            selection.uploads
+        ));
+    }
     let per_batch = (rule.settings.batch_size as usize)
         .min(store.batch_limit())
         .max(1);

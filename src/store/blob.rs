@@ -31,6 +31,10 @@ pub struct BlobMeta {
     /// Why the store itself forbids deleting it (object lock, legal hold,
     /// immutability policy), if it does.
     pub locked: Option<String>,
+    /// Not an object yet: an incomplete S3 multipart upload (`version` is
+    /// its upload id) or an Azure blob with only uncommitted blocks. Its
+    /// age is when the upload began.
+    pub pending: bool,
 }
 
 /// One thing to delete: a key, or one version of it.
@@ -46,6 +50,22 @@ pub struct BlobRef {
     /// Its last-modified time when listed: a store whose objects can be
     /// overwritten in place refuses to delete one modified since.
     pub listed_modified: DateTime<Utc>,
+    /// An upload to abort rather than an object to delete.
+    pub pending: bool,
+}
+
+impl BlobRef {
+    /// What deleting `meta` means: that version (`versions = "all"`), or
+    /// the key itself (None: `versions = "current"`).
+    pub fn to(meta: &BlobMeta, version: Option<String>) -> BlobRef {
+        BlobRef {
+            key: meta.key.clone(),
+            version,
+            size: meta.size,
+            listed_modified: meta.last_modified,
+            pending: meta.pending,
+        }
+    }
 }
 
 /// A store operation failed.
@@ -81,4 +101,23 @@ pub trait BlobStore: fmt::Display + fmt::Debug + Send + Sync {
 
     /// How many items one delete call should carry (S3: 1000, Azure: 256).
     fn batch_limit(&self) -> usize;
+
+    /// How many delete calls may be in flight at once.
+    fn parallelism(&self) -> usize {
+        1
+    }
+
+    /// Fills in what a listing leaves out, for `items` only: locks (always)
+    /// and user metadata (when `metadata`). Stores whose listing already
+    /// carries both keep this default, which does nothing. The engine asks
+    /// only about what it is about to delete, so a large prefix costs one
+    /// extra request per candidate, not per object.
+    fn describe<'a>(
+        &'a self,
+        items: &'a mut [BlobMeta],
+        metadata: bool,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let _ = (items, metadata);
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -110,6 +110,7 @@ impl FsStore {
                     delete_marker: false,
                     metadata: BTreeMap::new(),
                     locked,
+                    pending: false,
                 });
             }
         }
@@ -273,15 +274,7 @@ mod tests {
             ]
         );
         assert!(listed[1].locked.is_some(), "links are listed as locked");
-        let items: Vec<BlobRef> = listed
-            .iter()
-            .map(|m| BlobRef {
-                key: m.key.clone(),
-                version: None,
-                size: m.size,
-                listed_modified: m.last_modified,
-            })
-            .collect();
+        let items: Vec<BlobRef> = listed.iter().map(|m| BlobRef::to(m, None)).collect();
         let results = s.delete(&items).await;
         assert!(results[0].is_ok() && results[2].is_ok());
         assert!(results[1].is_err(), "a link is never deleted");

@@ -8,6 +8,7 @@
 pub mod blob;
 pub mod fs;
 pub mod postgres;
+pub mod s3;
 
 use crate::config::{Config, StoreConfig};
 use postgres::PgStore;
@@ -56,7 +57,26 @@ impl Stores {
                         std::sync::Arc::new(fs::FsStore::new(name, root)),
                     );
                 }
-                StoreConfig::S3 { .. } | StoreConfig::AzureBlob { .. } => {}
+                StoreConfig::S3 {
+                    bucket,
+                    region,
+                    endpoint,
+                    force_path_style,
+                    expected_account,
+                } => {
+                    blob.insert(
+                        name.clone(),
+                        std::sync::Arc::new(s3::S3Store::new(
+                            name,
+                            bucket,
+                            region.clone(),
+                            endpoint.clone(),
+                            *force_path_style,
+                            expected_account.clone(),
+                        )),
+                    );
+                }
+                StoreConfig::AzureBlob { .. } => {}
             }
         }
         Ok(Stores { postgres, blob })

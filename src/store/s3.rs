@@ -1,0 +1,538 @@
+//! An S3 bucket (AWS or an S3-compatible server), through `aws-sdk-s3`.
+//!
+//! * Listing is ListObjectVersions (every version and delete marker; an
+//!   unversioned bucket lists version `null`, mapped to "no version") then
+//!   ListMultipartUploads, page by page, as a stream.
+//! * Deleting is DeleteObjects, up to 1000 keys per call, several calls in
+//!   flight; the reply's per-key errors become per-item errors. Incomplete
+//!   uploads are aborted with AbortMultipartUpload.
+//! * Object Lock is not in listings: [`S3Store::describe`] asks HeadObject
+//!   for each candidate version, but only when the bucket has Object Lock
+//!   enabled (or when that cannot be read: refusal on doubt). HeadObject is
+//!   used rather than GetObjectRetention/GetObjectLegalHold because it
+//!   answers both in one call (and moto's GetObjectRetention is broken).
+//! * `expected_account` is sent as `x-amz-expected-bucket-owner` on every
+//!   request, so S3 itself refuses a bucket owned by another account; the
+//!   identity check also compares the owner in the bucket's ACL.
+//!
+//! Throttling and 5xx answers are retried by the SDK's standard retry mode
+//! (exponential backoff with jitter, 5 attempts).
+
+use super::blob::{BlobMeta, BlobRef, BlobStore, StoreError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::types::{Delete, ObjectIdentifier, ObjectLockLegalHoldStatus};
+use aws_sdk_s3::Client;
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use std::collections::HashMap;
+use std::fmt;
+use tokio::sync::OnceCell;
+
+/// How many requests (DeleteObjects, HeadObject) one store has in flight.
+const IN_FLIGHT: usize = 8;
+
+/// An S3 bucket.
+pub struct S3Store {
+    name: String,
+    bucket: String,
+    region: Option<String>,
+    endpoint: Option<String>,
+    force_path_style: bool,
+    expected_owner: Option<String>,
+    client: OnceCell<Client>,
+    /// Whether the bucket has Object Lock enabled (None: unknown).
+    lock_enabled: OnceCell<bool>,
+}
+
+impl fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Store")
+            .field("name", &self.name)
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for S3Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "store `{}` (s3://{})", self.name, self.bucket)
+    }
+}
+
+impl S3Store {
+    /// A store for `bucket`; the client is built on first use (credentials
+    /// come from the standard AWS chain: environment, profile, web
+    /// identity, container or instance metadata).
+    pub fn new(
+        name: &str,
+        bucket: &str,
+        region: Option<String>,
+        endpoint: Option<String>,
+        force_path_style: bool,
+        expected_owner: Option<String>,
+    ) -> S3Store {
+        S3Store {
+            name: name.to_string(),
+            bucket: bucket.to_string(),
+            region,
+            endpoint,
+            force_path_style,
+            expected_owner,
+            client: OnceCell::new(),
+            lock_enabled: OnceCell::new(),
+        }
+    }
+
+    async fn client(&self) -> &Client {
+        self.client
+            .get_or_init(|| async {
+                use aws_smithy_http_client::tls;
+                let http = aws_smithy_http_client::Builder::new()
+                    .tls_provider(tls::Provider::Rustls(
+                        tls::rustls_provider::CryptoMode::Ring,
+                    ))
+                    .build_https();
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .http_client(http)
+                    .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5));
+                if let Some(region) = &self.region {
+                    loader = loader.region(aws_config::Region::new(region.clone()));
+                }
+                let shared = loader.load().await;
+                let mut config = aws_sdk_s3::config::Builder::from(&shared)
+                    .force_path_style(self.force_path_style);
+                if shared.region().is_none() {
+                    // S3 needs a region to sign; us-east-1 is its global one.
+                    config = config.region(aws_config::Region::new("us-east-1"));
+                }
+                if let Some(endpoint) = &self.endpoint {
+                    config = config.endpoint_url(endpoint);
+                }
+                Client::from_conf(config.build())
+            })
+            .await
+    }
+
+    /// One page of versions and delete markers.
+    async fn versions_page(
+        &self,
+        prefix: &str,
+        key_marker: Option<String>,
+        version_marker: Option<String>,
+    ) -> Result<(Vec<BlobMeta>, Option<(String, Option<String>)>), StoreError> {
+        let page = self
+            .client()
+            .await
+            .list_object_versions()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_key_marker(key_marker)
+            .set_version_id_marker(version_marker)
+            .set_expected_bucket_owner(self.expected_owner.clone())
+            .send()
+            .await
+            .map_err(|e| self.error("ListObjectVersions", e))?;
+        let mut out = Vec::with_capacity(page.versions().len() + page.delete_markers().len());
+        for v in page.versions() {
+            out.push(BlobMeta {
+                key: v.key().unwrap_or_default().to_string(),
+                version: version_of(v.version_id()),
+                last_modified: time(v.last_modified()),
+                size: v.size().unwrap_or(0).max(0) as u64,
+                is_latest: v.is_latest().unwrap_or(false),
+                delete_marker: false,
+                metadata: Default::default(),
+                locked: None,
+                pending: false,
+            });
+        }
+        for m in page.delete_markers() {
+            out.push(BlobMeta {
+                key: m.key().unwrap_or_default().to_string(),
+                version: version_of(m.version_id()),
+                last_modified: time(m.last_modified()),
+                size: 0,
+                is_latest: m.is_latest().unwrap_or(false),
+                delete_marker: true,
+                metadata: Default::default(),
+                locked: None,
+                pending: false,
+            });
+        }
+        let next = page
+            .is_truncated()
+            .unwrap_or(false)
+            .then(|| page.next_key_marker().map(str::to_string))
+            .flatten()
+            .map(|k| (k, page.next_version_id_marker().map(str::to_string)));
+        Ok((out, next))
+    }
+
+    /// One page of incomplete multipart uploads.
+    async fn uploads_page(
+        &self,
+        prefix: &str,
+        key_marker: Option<String>,
+        upload_marker: Option<String>,
+    ) -> Result<(Vec<BlobMeta>, Option<(String, Option<String>)>), StoreError> {
+        let page = self
+            .client()
+            .await
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_key_marker(key_marker)
+            .set_upload_id_marker(upload_marker)
+            .set_expected_bucket_owner(self.expected_owner.clone())
+            .send()
+            .await
+            .map_err(|e| self.error("ListMultipartUploads", e))?;
+        let out = page
+            .uploads()
+            .iter()
+            .map(|u| BlobMeta {
+                key: u.key().unwrap_or_default().to_string(),
+                version: u.upload_id().map(str::to_string),
+                last_modified: time(u.initiated()),
+                size: 0,
+                is_latest: false,
+                delete_marker: false,
+                metadata: Default::default(),
+                locked: None,
+                pending: true,
+            })
+            .collect();
+        let next = page
+            .is_truncated()
+            .unwrap_or(false)
+            .then(|| page.next_key_marker().map(str::to_string))
+            .flatten()
+            .map(|k| (k, page.next_upload_id_marker().map(str::to_string)));
+        Ok((out, next))
+    }
+
+    /// Whether the bucket has Object Lock enabled; true when that cannot be
+    /// read for any reason but "not configured" (refusal on doubt: every
+    /// candidate then gets a HeadObject).
+    async fn lock_enabled(&self) -> bool {
+        *self
+            .lock_enabled
+            .get_or_init(|| async {
+                let answer = self
+                    .client()
+                    .await
+                    .get_object_lock_configuration()
+                    .bucket(&self.bucket)
+                    .set_expected_bucket_owner(self.expected_owner.clone())
+                    .send()
+                    .await;
+                match answer {
+                    Ok(out) => out.object_lock_configuration().is_some_and(|c| {
+                        c.object_lock_enabled()
+                            .is_some_and(|e| e.as_str() == "Enabled")
+                    }),
+                    Err(e) => e
+                        .as_service_error()
+                        .and_then(|s| s.code())
+                        .is_none_or(|code| code != "ObjectLockConfigurationNotFoundError"),
+                }
+            })
+            .await
+    }
+
+    /// Lock state and (when asked) user metadata of one version.
+    async fn head(&self, item: &mut BlobMeta, metadata: bool) -> Result<(), StoreError> {
+        let answer = self
+            .client()
+            .await
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&item.key)
+            .set_version_id(item.version.clone())
+            .set_expected_bucket_owner(self.expected_owner.clone())
+            .send()
+            .await;
+        let head = match answer {
+            Ok(head) => head,
+            // Gone since it was listed: nothing left to protect or delete.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => return Ok(()),
+            Err(e) => return Err(self.error("HeadObject", e)),
+        };
+        if head.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On) {
+            item.locked = Some("S3 Object Lock legal hold".into());
+        } else if let (Some(mode), Some(until)) = (
+            head.object_lock_mode(),
+            head.object_lock_retain_until_date(),
+        ) {
+            let until = time(Some(until));
+            if until > Utc::now() {
+                item.locked = Some(format!(
+                    "S3 Object Lock {} retention until {}",
+                    mode.as_str(),
+                    until.format("%Y-%m-%dT%H:%M:%SZ")
+                ));
+            }
+        }
+        if metadata {
+            item.metadata = head
+                .metadata()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    /// One DeleteObjects call (at most 1000 items, none pending).
+    async fn delete_objects(&self, items: &[&BlobRef]) -> Vec<Result<(), StoreError>> {
+        let objects: Result<Vec<ObjectIdentifier>, _> = items
+            .iter()
+            .map(|i| {
+                ObjectIdentifier::builder()
+                    .key(&i.key)
+                    .set_version_id(i.version.clone())
+                    .build()
+            })
+            .collect();
+        let delete =
+            objects.and_then(|o| Delete::builder().set_objects(Some(o)).quiet(true).build());
+        let delete = match delete {
+            Ok(d) => d,
+            Err(e) => return vec![Err(StoreError::Other(e.to_string())); items.len()],
+        };
+        let answer = self
+            .client()
+            .await
+            .delete_objects()
+            .bucket(&self.bucket)
+            .delete(delete)
+            .set_expected_bucket_owner(self.expected_owner.clone())
+            .send()
+            .await;
+        let reply = match answer {
+            Ok(reply) => reply,
+            Err(e) => {
+                let e = self.error("DeleteObjects", e);
+                return vec![Err(e); items.len()];
+            }
+        };
+        // Quiet mode: the reply lists only the keys that failed.
+        let mut failed: HashMap<(&str, Option<&str>), StoreError> = HashMap::new();
+        for e in reply.errors() {
+            let code = e.code().unwrap_or("error");
+            let message = format!("{code}: {}", e.message().unwrap_or_default());
+            let error = match code {
+                "AccessDenied" => StoreError::Refused(message),
+                // Already gone is what we wanted.
+                "NoSuchKey" | "NoSuchVersion" => continue,
+                _ => StoreError::Other(message),
+            };
+            let version = e.version_id().filter(|v| *v != "null");
+            failed.insert((e.key().unwrap_or_default(), version), error);
+        }
+        // An error that names no version (moto's do not) counts against
+        // every version of its key in this call: never report a success
+        // that may not have happened.
+        items
+            .iter()
+            .map(|i| {
+                let exact = failed.get(&(i.key.as_str(), i.version.as_deref()));
+                match exact.or_else(|| failed.get(&(i.key.as_str(), None))) {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(()),
+                }
+            })
+            .collect()
+    }
+
+    async fn abort_upload(&self, item: &BlobRef) -> Result<(), StoreError> {
+        let answer = self
+            .client()
+            .await
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&item.key)
+            .set_upload_id(item.version.clone())
+            .set_expected_bucket_owner(self.expected_owner.clone())
+            .send()
+            .await;
+        match answer {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("NoSuchUpload") => Ok(()),
+            Err(e) => Err(self.error("AbortMultipartUpload", e)),
+        }
+    }
+
+    /// A store error naming the operation, from an SDK error.
+    fn error<E, R>(&self, operation: &str, e: SdkError<E, R>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: fmt::Debug + Send + Sync + 'static,
+    {
+        let code = e.code().map(str::to_string);
+        let message = format!("{operation}: {}", DisplayErrorContext(&e));
+        match code.as_deref() {
+            Some("NoSuchBucket") => StoreError::Missing(format!("bucket {}", self.bucket)),
+            Some("AccessDenied") | Some("Forbidden") => StoreError::Refused(message),
+            _ => StoreError::Other(message),
+        }
+    }
+}
+
+/// S3 names "no version" (an unversioned bucket, or one written before
+/// versioning was enabled) `null`.
+fn version_of(id: Option<&str>) -> Option<String> {
+    id.filter(|v| *v != "null").map(str::to_string)
+}
+
+/// An S3 timestamp as chrono; a missing one is "now", so it never expires
+/// (refusal on doubt).
+fn time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> DateTime<Utc> {
+    t.and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+        .unwrap_or_else(Utc::now)
+}
+
+/// Where a listing stands: which kind of page comes next, from where.
+enum Cursor {
+    Versions(Option<(String, Option<String>)>),
+    Uploads(Option<(String, Option<String>)>),
+    Done,
+}
+
+impl BlobStore for S3Store {
+    fn list(&self, prefix: &str) -> BoxStream<'_, Result<BlobMeta, StoreError>> {
+        let prefix = prefix.to_string();
+        stream::unfold(Cursor::Versions(None), move |cursor| {
+            let prefix = prefix.clone();
+            async move {
+                let (page, next) = match cursor {
+                    Cursor::Done => return None,
+                    Cursor::Versions(at) => {
+                        let (k, v) = at.map_or((None, None), |(k, v)| (Some(k), v));
+                        match self.versions_page(&prefix, k, v).await {
+                            Ok((page, Some(at))) => (Ok(page), Cursor::Versions(Some(at))),
+                            Ok((page, None)) => (Ok(page), Cursor::Uploads(None)),
+                            Err(e) => (Err(e), Cursor::Done),
+                        }
+                    }
+                    Cursor::Uploads(at) => {
+                        let (k, u) = at.map_or((None, None), |(k, u)| (Some(k), u));
+                        match self.uploads_page(&prefix, k, u).await {
+                            Ok((page, Some(at))) => (Ok(page), Cursor::Uploads(Some(at))),
+                            Ok((page, None)) => (Ok(page), Cursor::Done),
+                            Err(e) => (Err(e), Cursor::Done),
+                        }
+                    }
+                };
+                Some((page, next))
+            }
+        })
+        .flat_map(|page| match page {
+            Ok(items) => stream::iter(items.into_iter().map(Ok).collect::<Vec<_>>()),
+            Err(e) => stream::iter(vec![Err(e)]),
+        })
+        .boxed()
+    }
+
+    fn delete<'a>(&'a self, items: &'a [BlobRef]) -> BoxFuture<'a, Vec<Result<(), StoreError>>> {
+        Box::pin(async move {
+            let mut results: Vec<Option<Result<(), StoreError>>> = vec![None; items.len()];
+            let (uploads, objects): (Vec<_>, Vec<_>) =
+                items.iter().enumerate().partition(|(_, i)| i.pending);
+            for (at, item) in uploads {
+                results[at] = Some(self.abort_upload(item).await);
+            }
+            for chunk in objects.chunks(1000) {
+                let refs: Vec<&BlobRef> = chunk.iter().map(|(_, i)| *i).collect();
+                for ((at, _), result) in chunk.iter().zip(self.delete_objects(&refs).await) {
+                    results[*at] = Some(result);
+                }
+            }
+            results
+                .into_iter()
+                .map(|r| r.unwrap_or_else(|| Err(StoreError::Other("not attempted".into()))))
+                .collect()
+        })
+    }
+
+    fn check_identity(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let client = self.client().await;
+            let head = client
+                .head_bucket()
+                .bucket(&self.bucket)
+                .set_expected_bucket_owner(self.expected_owner.clone())
+                .send()
+                .await;
+            if let Err(e) = head {
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                return Err(match status {
+                    Some(404) => StoreError::Missing(format!("bucket {}", self.bucket)),
+                    Some(403) if self.expected_owner.is_some() => StoreError::WrongTarget(format!(
+                        "bucket {} is not owned by {} (or access is denied)",
+                        self.bucket,
+                        self.expected_owner.as_deref().unwrap_or_default()
+                    )),
+                    _ => self.error("HeadBucket", e),
+                });
+            }
+            let Some(expected) = &self.expected_owner else {
+                return Ok(());
+            };
+            // Not every server enforces x-amz-expected-bucket-owner (moto
+            // does not): compare the owner S3 reports, too.
+            let acl = client
+                .get_bucket_acl()
+                .bucket(&self.bucket)
+                .set_expected_bucket_owner(self.expected_owner.clone())
+                .send()
+                .await
+                .map_err(|e| self.error("GetBucketAcl", e))?;
+            match acl.owner().and_then(|o| o.id()) {
+                Some(owner) if owner == expected => Ok(()),
+                Some(owner) => Err(StoreError::WrongTarget(format!(
+                    "bucket {} belongs to {owner}, not to the expected account {expected}",
+                    self.bucket
+                ))),
+                None => Err(StoreError::WrongTarget(format!(
+                    "bucket {}: S3 did not say who owns it; expected {expected}",
+                    self.bucket
+                ))),
+            }
+        })
+    }
+
+    fn batch_limit(&self) -> usize {
+        1000
+    }
+
+    fn parallelism(&self) -> usize {
+        IN_FLIGHT
+    }
+
+    fn describe<'a>(
+        &'a self,
+        items: &'a mut [BlobMeta],
+        metadata: bool,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            if !metadata && !self.lock_enabled().await {
+                return Ok(());
+            }
+            // A loop, not a closure: the borrow of each item must outlive
+            // the future that fills it in.
+            let mut heads: Vec<BoxFuture<'_, Result<(), StoreError>>> = Vec::new();
+            for m in items.iter_mut() {
+                if !m.delete_marker && !m.pending {
+                    heads.push(Box::pin(self.head(m, metadata)));
+                }
+            }
+            let results: Vec<Result<(), StoreError>> = stream::iter(heads)
+                .buffer_unordered(IN_FLIGHT * 4)
+                .collect()
+                .await;
+            results.into_iter().collect()
+        })
+    }
+}
