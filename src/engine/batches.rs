@@ -311,7 +311,13 @@ async fn one_batch(
                 }
             }
             let rows = batch::delete_tids(&mut tx, resolved, leaf, &tids).await?;
-            (rows, refs.len() as i64, bytes, kept)
+            // Objects are keys: the versions of one key are one object.
+            let keys: std::collections::HashSet<&str> = refs
+                .iter()
+                .filter(|r| !r.pending)
+                .map(|r| r.key.as_str())
+                .collect();
+            (rows, keys.len() as i64, bytes, kept)
         }
     };
     // One page is the smallest window: its rows are a batch even when a page

@@ -2,6 +2,7 @@
 //! database test runs against a real PostgreSQL cluster started by `pg`.
 
 mod chain;
+mod emulators;
 mod pg;
 mod util;
 
@@ -13,4 +14,5 @@ mod delete;
 mod mask;
 mod online;
 mod report;
+mod s3;
 mod verify;

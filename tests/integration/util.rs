@@ -106,10 +106,15 @@ pub fn retentiond(args: &[&str], envs: &[(&str, &str)]) -> Out {
 
 /// `retentiond <cmd> -c <config> --format json [extra...]`.
 pub fn json_cmd(cmd: &str, config: &Path, extra: &[&str]) -> Out {
+    json_cmd_with(cmd, config, extra, &[])
+}
+
+/// [`json_cmd`] with more environment variables.
+pub fn json_cmd_with(cmd: &str, config: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Out {
     let config = config.display().to_string();
     let mut args = vec![cmd, "-c", config.as_str(), "--format", "json"];
     args.extend_from_slice(extra);
-    retentiond(&args, &[])
+    retentiond(&args, envs)
 }
 
 /// The configs the repository ships for users to start from.
