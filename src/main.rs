@@ -6,6 +6,9 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
+    // reqwest (under the Azure SDK) is built without a TLS crypto provider:
+    // ring is installed for the whole process before any client exists.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     // Text output already shows every rule's result in a table; JSON logs are
     // for shipping, where the per-rule events are the point.

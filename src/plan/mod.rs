@@ -300,8 +300,8 @@ pub async fn prepare(
         match stores.blob(&link.store) {
             None => {
                 return report.refuse(format!(
-                    "this rule deletes objects in store `{}` with its rows (`blobs`); s3 and azure_blob stores are not \
-                     executed by this build yet, and deleting the rows alone would orphan the objects",
+                    "this rule deletes objects in store `{}` with its rows (`blobs`), but that store is not open; \
+                     deleting the rows alone would orphan the objects",
                     link.store
                 ))
             }
@@ -330,7 +330,7 @@ async fn prepare_blob(
 ) -> Prepared {
     use futures_util::TryStreamExt;
     let Some(store) = stores.blob(&rule.store) else {
-        return report.refuse("azure_blob stores are not executed by this build yet");
+        return report.refuse(format!("store `{}` is not an open blob store", rule.store));
     };
     if let Err(e) = store.check_identity().await {
         return report.refuse(format!("{store}: {e}"));

@@ -1,10 +1,10 @@
 //! Stores: where data lives. Each kind is one module.
 //!
 //! PostgreSQL is not a blob store: it has its own module with batched,
-//! set-based SQL. Blob stores implement [`blob::BlobStore`]; this build has
-//! the filesystem ([`fs`]). S3 and Azure Blob are parsed and validated by
-//! [`crate::config`] but not executed yet.
+//! set-based SQL. Blob stores implement [`blob::BlobStore`]: the filesystem
+//! ([`fs`]), S3 ([`s3`]) and Azure Blob ([`azure`]).
 
+pub mod azure;
 pub mod blob;
 pub mod fs;
 pub mod postgres;
@@ -76,7 +76,27 @@ impl Stores {
                         )),
                     );
                 }
-                StoreConfig::AzureBlob { .. } => {}
+                StoreConfig::AzureBlob {
+                    account,
+                    container,
+                    endpoint,
+                    sas_token,
+                    access_key,
+                    expected_account,
+                } => {
+                    blob.insert(
+                        name.clone(),
+                        std::sync::Arc::new(azure::AzureStore::new(
+                            name,
+                            account,
+                            container,
+                            endpoint.as_deref(),
+                            sas_token.as_deref(),
+                            access_key.as_deref(),
+                            expected_account.clone(),
+                        )),
+                    );
+                }
             }
         }
         Ok(Stores { postgres, blob })
