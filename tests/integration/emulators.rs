@@ -124,7 +124,6 @@ impl Emulator {
     }
 
     /// azurite-blob, the Azure Blob emulator.
-    #[allow(dead_code)] // until the Azure tests land
     pub fn azurite() -> Emulator {
         let port = free_port();
         let args = |dir: &std::path::Path| {
@@ -144,7 +143,13 @@ impl Emulator {
             .to_vec()
         };
         Emulator::start(
-            &tool("RETENTIOND_AZURITE", "azurite-blob"),
+            &tool(
+                "RETENTIOND_AZURITE",
+                concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/.tools/azurite/node_modules/.bin/azurite-blob"
+                ),
+            ),
             args,
             "azurite-blob",
             port,
@@ -207,3 +212,169 @@ pub const AWS_ENV: [(&str, &str); 2] = [
     ("AWS_ACCESS_KEY_ID", "test"),
     ("AWS_SECRET_ACCESS_KEY", "test"),
 ];
+
+/// Azurite's well-known development account.
+pub const AZ_ACCOUNT: &str = "devstoreaccount1";
+/// Its key (public: Azurite's documentation prints it).
+pub const AZ_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// Test setup on Azurite through its REST API, with an account SAS signed
+/// here (the layout of version 2021-08-06): independent of the store's
+/// own signing, so a mistake there cannot hide in both.
+pub struct Azure {
+    /// `http://127.0.0.1:<port>/devstoreaccount1`.
+    pub endpoint: String,
+    sas: String,
+    http: reqwest::Client,
+}
+
+impl Azure {
+    pub fn new(azurite: &Emulator) -> Azure {
+        use base64::Engine;
+        use hmac::{Hmac, Mac};
+        retentiond::store::azure::install_crypto_provider();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let expiry = (chrono::Utc::now() + chrono::Duration::days(2))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let (sp, ss, srt, sv) = ("racwdlx", "b", "sco", "2021-08-06");
+        // account, sp, ss, srt, st, se, sip, spr, sv, ses, and a final newline.
+        let to_sign = format!("{AZ_ACCOUNT}\n{sp}\n{ss}\n{srt}\n\n{expiry}\n\n\n{sv}\n\n");
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&b64.decode(AZ_KEY).unwrap()).unwrap();
+        mac.update(to_sign.as_bytes());
+        let sig = b64.encode(mac.finalize().into_bytes());
+        let sas = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("sv", sv)
+            .append_pair("ss", ss)
+            .append_pair("srt", srt)
+            .append_pair("sp", sp)
+            .append_pair("se", &expiry)
+            .append_pair("sig", &sig)
+            .finish();
+        Azure {
+            endpoint: format!("{}/{AZ_ACCOUNT}", azurite.url()),
+            sas,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str, query: &str) -> String {
+        let path: String = path
+            .split('/')
+            .map(|s| {
+                percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let sep = if query.is_empty() { "" } else { "&" };
+        format!("{}/{path}?{query}{sep}{}", self.endpoint, self.sas)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> String {
+        let response = request
+            .header("x-ms-version", "2021-08-06")
+            .send()
+            .await
+            .expect("azurite answers");
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert!(status.is_success(), "azurite: {status}: {body}");
+        body
+    }
+
+    pub async fn container(&self, name: &str) {
+        self.send(self.http.put(self.url(name, "restype=container")))
+            .await;
+    }
+
+    /// Uploads `container/key` with user metadata.
+    pub async fn put(&self, container: &str, key: &str, body: &str, metadata: &[(&str, &str)]) {
+        let mut request = self
+            .http
+            .put(self.url(&format!("{container}/{key}"), ""))
+            .header("x-ms-blob-type", "BlockBlob")
+            .body(body.to_string());
+        for (k, v) in metadata {
+            request = request.header(format!("x-ms-meta-{k}"), *v);
+        }
+        self.send(request).await;
+    }
+
+    pub async fn snapshot(&self, container: &str, key: &str) {
+        self.send(
+            self.http
+                .put(self.url(&format!("{container}/{key}"), "comp=snapshot")),
+        )
+        .await;
+    }
+
+    /// Stages a block that is never committed: an abandoned upload.
+    pub async fn uncommitted(&self, container: &str, key: &str) {
+        use base64::Engine;
+        let id = base64::engine::general_purpose::STANDARD.encode("block-000001");
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("comp", "block")
+            .append_pair("blockid", &id)
+            .finish();
+        self.send(
+            self.http
+                .put(self.url(&format!("{container}/{key}"), &query))
+                .body("half an upload"),
+        )
+        .await;
+    }
+
+    /// Every blob, snapshot and uncommitted blob, as sorted
+    /// `name` / `name@snapshot` / `name (uncommitted)` lines. Uncommitted
+    /// blobs are the names only a listing with `uncommittedblobs` shows.
+    pub async fn list(&self, container: &str) -> Vec<String> {
+        let committed = self.names(container, "snapshots").await;
+        let mut out: Vec<String> = self
+            .names(container, "snapshots,uncommittedblobs")
+            .await
+            .into_iter()
+            .map(|n| {
+                if committed.contains(&n) {
+                    n
+                } else {
+                    format!("{n} (uncommitted)")
+                }
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    async fn names(&self, container: &str, include: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut marker = String::new();
+        loop {
+            let mut query = format!("restype=container&comp=list&include={include}");
+            if !marker.is_empty() {
+                query.push_str("&marker=");
+                query.push_str(&marker);
+            }
+            let xml = self.send(self.http.get(self.url(container, &query))).await;
+            let tag = |text: &str, t: &str| {
+                text.split(&format!("<{t}>"))
+                    .nth(1)
+                    .and_then(|r| r.split(&format!("</{t}>")).next())
+                    .map(str::to_string)
+            };
+            for blob in xml.split("<Blob>").skip(1) {
+                let name = tag(blob, "Name").unwrap_or_default();
+                out.push(match tag(blob, "Snapshot") {
+                    Some(s) => format!("{name}@{s}"),
+                    None => name,
+                });
+            }
+            match tag(&xml, "NextMarker") {
+                Some(next) if !next.is_empty() => marker = next,
+                _ => break,
+            }
+        }
+        out
+    }
+}

@@ -7,12 +7,14 @@ mod pg;
 mod util;
 
 mod audit;
+mod azure;
 mod blob;
 mod config;
 mod daemon;
 mod delete;
 mod mask;
 mod online;
+mod policies;
 mod report;
 mod s3;
 mod verify;
