@@ -296,6 +296,74 @@ mod tests {
     }
 
     #[test]
+    fn select_keeps_a_marker_over_versions_it_keeps() {
+        let v = |key: &str, id: &str, h: u32, tier: &str, marker: bool| {
+            let mut m = BlobMeta {
+                version: Some(id.into()),
+                is_latest: marker,
+                delete_marker: marker,
+                ..obj(key, h)
+            };
+            m.metadata.insert("tier".into(), tier.into());
+            m
+        };
+        // paid: an old version under an old marker; free: the same; lone:
+        // a marker over nothing.
+        let listing = vec![
+            v("paid", "1", 1, "paid", false),
+            v("paid", "2", 2, "", true),
+            v("free", "1", 1, "free", false),
+            v("free", "2", 2, "", true),
+            v("lone", "1", 2, "", true),
+        ];
+        let mut r = rule("");
+        r.match_metadata.insert("tier".into(), "free".into());
+        assert_eq!(
+            keys(&select(&listing, &r, t(5), &[])),
+            ["free@1", "free@2", "lone@1"],
+            "removing paid's marker alone would bring paid back"
+        );
+        let mut locked = listing.clone();
+        locked[2].locked = Some("legal hold".into());
+        assert_eq!(
+            keys(&select(&locked, &r, t(5), &[])),
+            ["lone@1"],
+            "a marker over a locked version stays too"
+        );
+    }
+
+    #[test]
+    fn select_aborts_old_uploads_unless_metadata_is_asked() {
+        let upload = |key: &str, h: u32| BlobMeta {
+            version: Some(format!("upload-{key}")),
+            pending: true,
+            is_latest: false,
+            size: 0,
+            ..obj(key, h)
+        };
+        let listing = vec![obj("a/x", 1), upload("a/half", 1), upload("a/new", 8)];
+        let s = select(&listing, &rule("a/"), t(5), &[]);
+        assert_eq!(keys(&s), ["a/x", "a/half@upload-a/half"]);
+        assert_eq!((s.matched, s.total, s.uploads, s.versions), (1, 1, 1, 0));
+        let mut current = rule("a/");
+        current.versions = Versions::Current;
+        assert_eq!(
+            keys(&select(&listing, &current, t(5), &[])),
+            ["a/x", "a/half@upload-a/half"],
+            "an upload is aborted by its id whatever `versions` says"
+        );
+        let mut tiered = rule("a/");
+        tiered.match_metadata.insert("tier".into(), "free".into());
+        assert!(select(&listing, &tiered, t(5), &[]).due.is_empty());
+        let mut grouped = rule("");
+        grouped.group_by_prefix_depth = Some(1);
+        assert!(
+            select(&listing, &grouped, t(5), &[]).due.is_empty(),
+            "an upload in progress keeps its group active"
+        );
+    }
+
+    #[test]
     fn select_groups_expire_by_their_newest_object() {
         let listing = vec![
             obj("ws/a/1", 1),
