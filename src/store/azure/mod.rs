@@ -44,6 +44,9 @@
 //! any SAS for the outer request); against Azure a refusal of the batch
 //! itself falls back to one request per item.
 
+mod batch;
+mod sas;
+
 use super::blob::{BlobMeta, BlobRef, BlobStore, StoreError};
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
@@ -61,9 +64,11 @@ use azure_storage_blob::models::{
 use azure_storage_blob::{
     BlobClient, BlobClientOptions, BlobContainerClient, BlobContainerClientOptions,
 };
+use batch::{parse_batch, query_value};
 use chrono::{DateTime, Duration, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use sas::{endpoint_account, redact, sign_sas};
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,10 +81,6 @@ const IN_FLIGHT: usize = 16;
 
 /// The most sub-requests one Blob Batch may carry.
 const BATCH_MAX: usize = 256;
-
-/// The SAS version signed: the first whose string-to-sign has the
-/// encryption-scope line (16 lines), and that knows `x` (delete version).
-const SAS_VERSION: &str = "2021-08-06";
 
 /// Read (properties), delete, delete version, list: in the order Azure
 /// requires.
@@ -825,97 +826,6 @@ fn http_error(e: &azure_core::Error) -> Option<(u16, &str, String)> {
     ))
 }
 
-/// The answers of a Blob Batch, by sub-request: status, error code and
-/// message. Parts are matched by their Content-ID (or, when no part has
-/// one, by position if there is one part per item); None for an item no
-/// part answers.
-fn parse_batch(
-    content_type: &str,
-    body: &[u8],
-    items: usize,
-) -> Vec<Option<(u16, String, String)>> {
-    let mut out: Vec<Option<(u16, String, String)>> = (0..items).map(|_| None).collect();
-    let Some(boundary) = content_type
-        .split(';')
-        .filter_map(|p| p.trim().strip_prefix("boundary="))
-        .next()
-        .map(|b| b.trim_matches('"'))
-    else {
-        return out;
-    };
-    let body = String::from_utf8_lossy(body);
-    let delimiter = format!("--{boundary}");
-    let mut unnumbered = Vec::new();
-    for part in body.split(delimiter.as_str()).skip(1) {
-        if part.starts_with("--") {
-            break;
-        }
-        let Some((part_headers, response)) = part.trim_start_matches("\r\n").split_once("\r\n\r\n")
-        else {
-            continue;
-        };
-        let id = part_headers.lines().find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.trim()
-                .eq_ignore_ascii_case("content-id")
-                .then(|| value.trim().parse::<usize>().ok())
-                .flatten()
-        });
-        let (head, rest) = response.split_once("\r\n\r\n").unwrap_or((response, ""));
-        let mut lines = head.lines();
-        let Some(status) = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse::<u16>().ok())
-        else {
-            continue;
-        };
-        let reason = head
-            .lines()
-            .next()
-            .and_then(|l| l.splitn(3, ' ').nth(2))
-            .unwrap_or_default()
-            .to_string();
-        let code = lines
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.trim()
-                    .eq_ignore_ascii_case("x-ms-error-code")
-                    .then(|| value.trim().to_string())
-            })
-            .unwrap_or_default();
-        let message = rest
-            .split_once("<Message>")
-            .and_then(|(_, m)| m.split_once("</Message>"))
-            .map(|(m, _)| m.lines().next().unwrap_or_default().trim().to_string())
-            .unwrap_or(reason);
-        match id {
-            Some(id) if id < items => out[id] = Some((status, code, message)),
-            Some(_) => {}
-            None => unnumbered.push((status, code, message)),
-        }
-    }
-    if out.iter().all(Option::is_none) && unnumbered.len() == items {
-        out = unnumbered.into_iter().map(Some).collect();
-    }
-    out
-}
-
-/// A snapshot time or version id for a sub-request's query: as it is when
-/// it is made of the characters those have (digits, letters, `-:.`), as
-/// Azurite's batch handler does not percent-decode sub-request queries (an
-/// encoded `:` names no snapshot: 404, which would pass for "gone").
-fn query_value(value: &str) -> String {
-    if value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | ':' | '.'))
-    {
-        value.to_string()
-    } else {
-        url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
-    }
-}
-
 /// The decoded account key.
 fn decode_key(key: &str, source: &str) -> Result<Credential, String> {
     use base64::Engine;
@@ -949,97 +859,6 @@ fn entra_credential() -> azure_core::Result<Arc<dyn TokenCredential>> {
         ..Default::default()
     };
     Ok(ManagedIdentityCredential::new(Some(options))?)
-}
-
-/// A service SAS signed with the account key, for `resource` (the
-/// container, or `container/blob`) of type `sr` (`c`, or `bs` with the
-/// snapshot time `snapshot`): no start time (a service whose clock runs
-/// behind would refuse it), no IP or protocol restriction.
-fn sign_sas(
-    account: &str,
-    resource: &str,
-    sr: &str,
-    permissions: &str,
-    snapshot: &str,
-    key: &[u8],
-    expiry: DateTime<Utc>,
-) -> String {
-    use base64::Engine;
-    use hmac::{Hmac, Mac};
-    let se = expiry.format("%Y-%m-%dT%H:%M:%SZ").to_string();
-    let canonical = format!("/blob/{account}/{resource}");
-    // sp, st, se, resource, si, sip, spr, sv, sr, snapshot time, ses,
-    // rscc, rscd, rsce, rscl, rsct: the layout of versions 2020-12-06+.
-    let to_sign = [
-        permissions,
-        "",
-        &se,
-        &canonical,
-        "",
-        "",
-        "",
-        SAS_VERSION,
-        sr,
-        snapshot,
-        "",
-        "",
-        "",
-        "",
-        "",
-        "",
-    ]
-    .join("\n");
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes keys of any size");
-    mac.update(to_sign.as_bytes());
-    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("sv", SAS_VERSION)
-        .append_pair("sr", sr)
-        .append_pair("sp", permissions)
-        .append_pair("se", &se)
-        .append_pair("sig", &sig)
-        .finish()
-}
-
-/// Cuts the value of every `sig=` out of `text`.
-fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("sig=") {
-        out.push_str(&rest[..at + 4]);
-        out.push_str("REDACTED");
-        rest = &rest[at + 4..];
-        let end = rest
-            .find(|c: char| c == '&' || c == ')' || c == '"' || c.is_whitespace())
-            .unwrap_or(rest.len());
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// The account an endpoint names: the first path segment of a path-style
-/// URL (Azurite: `http://127.0.0.1:10000/devstoreaccount1`), else the first
-/// host label of a `<account>.blob.<domain>` host; None when neither fits
-/// (a custom domain).
-fn endpoint_account(endpoint: &Url) -> Option<String> {
-    if let Some(first) = endpoint
-        .path_segments()
-        .and_then(|mut s| s.next())
-        .filter(|s| !s.is_empty())
-    {
-        return Some(
-            percent_encoding::percent_decode_str(first)
-                .decode_utf8_lossy()
-                .into_owned(),
-        );
-    }
-    match endpoint.host()? {
-        url::Host::Domain(host) if host.contains(".blob.") => {
-            host.split('.').next().map(str::to_string)
-        }
-        _ => None,
-    }
 }
 
 /// Why a blob cannot be deleted: a legal hold, or an immutability policy
@@ -1272,57 +1091,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sas_is_signed_over_the_16_line_layout() {
-        use base64::Engine;
-        let key = base64::engine::general_purpose::STANDARD
-            .decode("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==")
-            .unwrap();
-        let expiry = DateTime::parse_from_rfc3339("2026-11-23T08:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let sign = |container: &str| {
-            sign_sas("devstoreaccount1", container, "c", "rdxl", "", &key, expiry)
-        };
-        let sas = sign("uploads");
-        assert!(
-            sas.starts_with("sv=2021-08-06&sr=c&sp=rdxl&se=2026-11-23T08%3A00%3A00Z&sig="),
-            "{sas}"
-        );
-        assert!(!sas.contains("st="), "no start time");
-        // Same inputs, same signature; another container, another one.
-        assert_eq!(sas, sign("uploads"));
-        assert_ne!(sas, sign("other"));
-    }
-
-    #[test]
-    fn signatures_are_cut_from_messages() {
-        assert_eq!(
-            redact("error sending request for url (http://h/a/c?sv=1&sig=abc%2B%3D&sp=r)"),
-            "error sending request for url (http://h/a/c?sv=1&sig=REDACTED&sp=r)"
-        );
-        assert_eq!(redact("x sig=abc"), "x sig=REDACTED");
-        assert_eq!(redact("nothing here"), "nothing here");
-    }
-
-    #[test]
-    fn endpoint_names_its_account() {
-        let account = |u: &str| endpoint_account(&Url::parse(u).unwrap());
-        assert_eq!(
-            account("https://prodlogs.blob.core.windows.net").as_deref(),
-            Some("prodlogs")
-        );
-        assert_eq!(
-            account("https://prodlogs.privatelink.blob.core.windows.net/").as_deref(),
-            Some("prodlogs")
-        );
-        assert_eq!(
-            account("http://127.0.0.1:10000/devstoreaccount1").as_deref(),
-            Some("devstoreaccount1")
-        );
-        assert_eq!(account("https://cdn.contoso.com"), None);
-    }
-
-    #[test]
     fn expected_account_must_match_config_and_endpoint() {
         let store = |account: &str, endpoint: &str, expected: &str| {
             AzureStore::new(
@@ -1406,44 +1174,5 @@ mod tests {
             items[1].0.last_modified,
             DateTime::parse_from_rfc3339("2026-11-23T07:47:00Z").unwrap()
         );
-    }
-
-    #[test]
-    fn batch_answers_are_matched_by_content_id() {
-        // Azurite 3.35's answer to: delete bt/x, bt/missing, and frames/1.jpg
-        // If-Unmodified-Since before it was written.
-        let body = "--batch_test\r\nContent-Type: application/http\r\nContent-ID: 0\r\n\r\nHTTP/1.1 202 Accepted\r\nServer: Azurite-Blob/3.35.0\r\nx-ms-request-id: 463261b9-053e-4e6c-8f1f-9fb46ccb5c06\r\nx-ms-version: 2025-11-05\r\ndate: Mon, 23 Nov 2026 08:05:28 GMT\r\nx-ms-delete-type-permanent: true\r\n\r\n--batch_test\r\nContent-Type: application/http\r\nContent-ID: 1\r\n\r\nHTTP/1.1 404 The specified blob does not exist.\r\nServer: Azurite-Blob/3.35.0\r\nx-ms-error-code: BlobNotFound\r\nx-ms-request-id: dd6af923-6cdc-4396-92a7-1a5ac7d040dd\r\ncontent-type: application/xml\r\n\r\n<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"yes\"?>\n<Error>\n  <Code>BlobNotFound</Code>\n  <Message>The specified blob does not exist.\nRequestId:dd6af923-6cdc-4396-92a7-1a5ac7d040dd\nTime:2026-11-23T08:05:28.237Z</Message>\n</Error>\r\n\r\n--batch_test\r\nContent-Type: application/http\r\nContent-ID: 2\r\n\r\nHTTP/1.1 412 The condition specified using HTTP conditional header(s) is not met.\r\nServer: Azurite-Blob/3.35.0\r\nx-ms-error-code: ConditionNotMet\r\nx-ms-request-id: 2df329e0-67d7-41e2-8f6b-c4a52af8e6f5\r\ncontent-type: application/xml\r\n\r\n<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"yes\"?>\n<Error>\n  <Code>ConditionNotMet</Code>\n  <Message>The condition specified using HTTP conditional header(s) is not met.\nRequestId:2df329e0-67d7-41e2-8f6b-c4a52af8e6f5\nTime:2026-11-23T08:05:28.239Z</Message>\n</Error>\r\n\r\n--batch_test--";
-        let parts = parse_batch("multipart/mixed; boundary=batch_test", body.as_bytes(), 3);
-        let brief: Vec<_> = parts
-            .iter()
-            .map(|p| p.as_ref().map(|(s, c, m)| format!("{s} {c} {m}")))
-            .collect();
-        assert_eq!(
-            brief,
-            [
-                Some("202  Accepted".to_string()),
-                Some("404 BlobNotFound The specified blob does not exist.".to_string()),
-                Some(
-                    "412 ConditionNotMet The condition specified using HTTP conditional header(s) is not met."
-                        .to_string()
-                ),
-            ]
-        );
-        // One unnumbered error for the whole batch answers no item.
-        let whole = "--b\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 400 The batch operation exceeds maximum number of allowed subrequests.\r\nx-ms-error-code: ExceedsMaxBatchRequestCount\r\n\r\n--b--\r\n";
-        assert_eq!(
-            parse_batch("multipart/mixed; boundary=b", whole.as_bytes(), 2),
-            vec![None, None]
-        );
-        assert_eq!(parse_batch("application/xml", b"", 1), vec![None]);
-    }
-
-    #[test]
-    fn snapshot_times_go_into_queries_as_they_are() {
-        assert_eq!(
-            query_value("2026-11-23T08:01:57.9440000Z"),
-            "2026-11-23T08:01:57.9440000Z"
-        );
-        assert_eq!(query_value("a+b/c"), "a%2Bb%2Fc");
     }
 }
