@@ -86,6 +86,20 @@ pub enum StoreError {
     Other(String),
 }
 
+/// A stream of listing pages as a stream of items (an error ends it).
+pub fn flatten_pages<'a, S>(pages: S) -> BoxStream<'a, Result<BlobMeta, StoreError>>
+where
+    S: futures_util::Stream<Item = Result<Vec<BlobMeta>, StoreError>> + Send + 'a,
+{
+    use futures_util::stream::{self, StreamExt};
+    pages
+        .flat_map(|page| match page {
+            Ok(items) => stream::iter(items.into_iter().map(Ok).collect::<Vec<_>>()),
+            Err(e) => stream::iter(vec![Err(e)]),
+        })
+        .boxed()
+}
+
 /// A blob store.
 pub trait BlobStore: fmt::Display + fmt::Debug + Send + Sync {
     /// Every object version under `prefix`, in no particular order.

@@ -20,7 +20,7 @@
 //! Throttling and 5xx answers are retried by the SDK's standard retry mode
 //! (exponential backoff with jitter, 5 attempts).
 
-use super::blob::{BlobMeta, BlobRef, BlobStore, StoreError};
+use super::blob::{flatten_pages, BlobMeta, BlobRef, BlobStore, StoreError};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{Delete, ObjectIdentifier, ObjectLockLegalHoldStatus};
 use aws_sdk_s3::Client;
@@ -471,7 +471,7 @@ enum Cursor {
 impl BlobStore for S3Store {
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<BlobMeta, StoreError>> {
         let prefix = prefix.to_string();
-        stream::unfold(Cursor::Start, move |cursor| {
+        flatten_pages(stream::unfold(Cursor::Start, move |cursor| {
             let prefix = prefix.clone();
             async move {
                 let objects = |token: Option<String>| async {
@@ -507,12 +507,7 @@ impl BlobStore for S3Store {
                 };
                 Some((page, next))
             }
-        })
-        .flat_map(|page| match page {
-            Ok(items) => stream::iter(items.into_iter().map(Ok).collect::<Vec<_>>()),
-            Err(e) => stream::iter(vec![Err(e)]),
-        })
-        .boxed()
+        }))
     }
 
     fn delete<'a>(&'a self, items: &'a [BlobRef]) -> BoxFuture<'a, Vec<Result<(), StoreError>>> {

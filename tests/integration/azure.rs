@@ -208,16 +208,7 @@ async fn blob_same_rules_on_all_three_stores() {
     let env = Env::new().await;
     let moto = Emulator::moto();
     let s3 = s3_client(&moto);
-    s3.create_bucket()
-        .bucket("same")
-        .create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::EuWest3)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("bucket");
+    crate::s3::bucket(&s3, "same", false, false).await;
     let azurite = Emulator::azurite();
     let az = Azure::new(&azurite);
     az.container("same").await;

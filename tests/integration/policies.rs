@@ -54,26 +54,7 @@ async fn policies_contract_runs_end_to_end_on_every_store() {
     }
     let moto = Emulator::moto();
     let s3 = s3_client(&moto);
-    s3.create_bucket()
-        .bucket("media")
-        .create_bucket_configuration(
-            aws_sdk_s3::types::CreateBucketConfiguration::builder()
-                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::EuWest3)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("bucket");
-    s3.put_bucket_versioning()
-        .bucket("media")
-        .versioning_configuration(
-            aws_sdk_s3::types::VersioningConfiguration::builder()
-                .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
-                .build(),
-        )
-        .send()
-        .await
-        .expect("versioning");
+    crate::s3::bucket(&s3, "media", true, false).await;
     let azurite = Emulator::azurite();
     let az = Azure::new(&azurite);
     az.container("uploads").await;

@@ -14,7 +14,7 @@ use aws_sdk_s3::Client;
 use retentiond::audit::key::load_public;
 
 /// A bucket on `moto`: versioned, and with Object Lock when `locked`.
-async fn bucket(s3: &Client, name: &str, versioned: bool, locked: bool) {
+pub async fn bucket(s3: &Client, name: &str, versioned: bool, locked: bool) {
     s3.create_bucket()
         .bucket(name)
         .create_bucket_configuration(

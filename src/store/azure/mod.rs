@@ -47,7 +47,7 @@
 mod batch;
 mod sas;
 
-use super::blob::{BlobMeta, BlobRef, BlobStore, StoreError};
+use super::blob::{flatten_pages, BlobMeta, BlobRef, BlobStore, StoreError};
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
 use azure_core::http::headers::CONTENT_TYPE;
@@ -973,7 +973,7 @@ impl BlobStore for AzureStore {
             done: false,
             committed: Committed::default(),
         };
-        stream::unfold(state, move |mut st| async move {
+        flatten_pages(stream::unfold(state, move |mut st| async move {
             if st.done {
                 return None;
             }
@@ -982,12 +982,7 @@ impl BlobStore for AzureStore {
                 st.done = true;
             }
             Some((page, st))
-        })
-        .flat_map(|page| match page {
-            Ok(items) => stream::iter(items.into_iter().map(Ok).collect::<Vec<_>>()),
-            Err(e) => stream::iter(vec![Err(e)]),
-        })
-        .boxed()
+        }))
     }
 
     fn delete<'a>(&'a self, items: &'a [BlobRef]) -> BoxFuture<'a, Vec<Result<(), StoreError>>> {
