@@ -38,13 +38,10 @@ pub async fn run(path: &Path, online: bool) -> i32 {
     let mut problems = Vec::new();
     let mut notes = Vec::new();
     let mut unreachable = false;
-    for (name, store) in &config.stores {
+    for name in config.stores.keys() {
         let Some(pg) = stores.postgres(name) else {
-            if store.is_blob() {
-                notes.push(format!(
-                    "store `{name}` ({}): not checked online by this build",
-                    store.kind()
-                ));
+            if let Some(blob) = stores.blob(name) {
+                check_blob_store(&config, name, blob, &mut problems, &mut unreachable).await;
             }
             continue;
         };
@@ -82,6 +79,36 @@ pub async fn run(path: &Path, online: bool) -> i32 {
     }
     println!("ok  {summary} (checked online)");
     exit::OK
+}
+
+/// The bucket, container or directory exists and is the expected account's:
+/// the identity check every `plan` and `run` makes first.
+async fn check_blob_store(
+    config: &Config,
+    name: &str,
+    store: &dyn crate::store::blob::BlobStore,
+    problems: &mut Vec<Problem>,
+    unreachable: &mut bool,
+) {
+    use crate::store::blob::StoreError;
+    let span = config.store_spans.get(name).cloned().unwrap_or(0..0);
+    match store.check_identity().await {
+        Ok(()) => {}
+        Err(e @ StoreError::Missing(_)) => problems.push(Problem::new(
+            span.clone(),
+            format!("{store}: {e}"),
+            "create it, or fix the store's bucket, container or root (retentiond never creates one)",
+        )),
+        Err(e @ StoreError::WrongTarget(_)) => problems.push(Problem::new(
+            span,
+            format!("{store}: {e}"),
+            "point the store at the expected account's bucket or container, or fix `expected_account`",
+        )),
+        Err(e) => {
+            eprintln!("error: {store}: {e}");
+            *unreachable = true;
+        }
+    }
 }
 
 async fn check_store(

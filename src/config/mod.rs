@@ -34,6 +34,9 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
     /// `[stores.NAME]` by name.
     pub stores: BTreeMap<String, StoreConfig>,
+    /// Where each `[stores.NAME]` table is, for errors found later
+    /// (`check --online`).
+    pub store_spans: BTreeMap<String, Range<usize>>,
     /// `[[rules]]`, in file order.
     pub rules: Vec<Rule>,
     /// `[[guards]]`: must-keep floors.

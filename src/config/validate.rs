@@ -181,6 +181,11 @@ pub(super) fn validate(
             defaults,
             audit,
             stores,
+            store_spans: raw
+                .stores
+                .iter()
+                .map(|(name, table)| (name.clone(), table.span()))
+                .collect(),
             rules,
             guards: guards.into_iter().map(|(g, _)| g).collect(),
             holds,

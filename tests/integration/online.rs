@@ -104,7 +104,8 @@ reason = "tax"
 }
 
 #[tokio::test]
-async fn online_shipped_examples_fit_the_shipped_schema() {
+async fn online_shipped_examples_fit_the_shipped_schema_and_stores() {
+    use crate::emulators::{s3_client, Azure, Emulator, AWS_ENV, AZ_KEY};
     let env = Env::new().await;
     let root = env!("CARGO_MANIFEST_DIR");
     env.db
@@ -113,11 +114,40 @@ async fn online_shipped_examples_fit_the_shipped_schema() {
     env.db
         .exec(&std::fs::read_to_string(format!("{root}/examples/sample-data.sql")).unwrap())
         .await;
+    // The buckets and containers the examples name; check --online finds
+    // a missing one (retentiond never creates them).
+    let moto = Emulator::moto_with(false);
+    let s3 = s3_client(&moto);
+    for bucket in [
+        "personaplex-media",
+        "inferlabs-uploads",
+        "inferlabs-sources",
+        "media",
+    ] {
+        crate::s3::bucket(&s3, bucket, false, false).await;
+    }
+    let azurite = Emulator::azurite();
+    let az = Azure::new(&azurite);
+    for container in ["realtime-media", "uploads"] {
+        az.container(container).await;
+    }
     let key = env.key.display().to_string();
+    let s3_endpoint = moto.url();
+    let scratch = env.dir.path().display().to_string();
+    let mut vars = contract_vars(&key, &env.db.url).to_vec();
+    for (name, value) in [
+        ("S3_ENDPOINT", s3_endpoint.as_str()),
+        ("AZURE_BLOB_ENDPOINT", az.endpoint.as_str()),
+        ("SCRATCH_DIR", scratch.as_str()),
+    ] {
+        vars.retain(|(n, _)| *n != name);
+        vars.push((name, value));
+    }
+    vars.extend([AWS_ENV[0], AWS_ENV[1], ("AZURE_STORAGE_KEY", AZ_KEY)]);
     for file in SHIPPED_CONFIGS {
         let out = retentiond(
             &["check", "--online", "-c", &format!("{root}/{file}")],
-            &contract_vars(&key, &env.db.url),
+            &vars,
         );
         assert_eq!(out.code, 0, "{file}: {out}");
         assert!(out.stdout.contains("checked online"), "{file}: {out}");

@@ -416,6 +416,19 @@ async fn s3_wrong_owner_and_missing_bucket_are_refused() {
     );
     let missing = s3_store(&moto, "media", "no-such-bucket", "");
     let cfg = env.config(&format!("{missing}{AUDIO_RULE}"));
+    let check = retentiond(
+        &["check", "--online", "-c", &cfg.display().to_string()],
+        &AWS_ENV,
+    );
+    assert_eq!(check.code, 2, "{check}");
+    let line = env.header().lines().count() + 1;
+    assert!(
+        check.stderr.contains(&format!("retention.toml:{line}:"))
+            && check
+                .stderr
+                .contains("bucket no-such-bucket does not exist"),
+        "check --online points at the store: {check}"
+    );
     let ran = run(&cfg, &[]);
     assert_eq!(ran.code, 3, "{ran}");
     assert!(
