@@ -21,7 +21,7 @@
 //! (exponential backoff with jitter, 5 attempts).
 
 use super::blob::{flatten_pages, BlobMeta, BlobRef, BlobStore, StoreError};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::{Delete, ObjectIdentifier, ObjectLockLegalHoldStatus};
 use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
@@ -437,13 +437,30 @@ impl S3Store {
         R: fmt::Debug + Send + Sync + 'static,
     {
         let code = e.code().map(str::to_string);
-        let message = format!("{operation}: {}", DisplayErrorContext(&e));
+        let message = format!("{operation}: {}", chain(&e));
         match code.as_deref() {
             Some("NoSuchBucket") => StoreError::Missing(format!("bucket {}", self.bucket)),
             Some("AccessDenied") | Some("Forbidden") => StoreError::Refused(message),
             _ => StoreError::Other(message),
         }
     }
+}
+
+/// An error and its sources, each by its Display, joined by `: ` (the SDK's
+/// own DisplayErrorContext appends a Debug dump of the whole chain, which
+/// buries the reason in a log line).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// S3 names "no version" (an unversioned bucket, or one written before
