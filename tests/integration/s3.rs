@@ -258,6 +258,15 @@ async fn s3_object_lock_and_legal_hold_are_protected_not_failures() {
         .send()
         .await
         .expect("put with legal hold");
+    // A key, not a path: its lock must be read for this very key.
+    s3.put_object()
+        .bucket("media")
+        .key("audio/q/../lone.wav")
+        .body(ByteStream::from_static(b"h"))
+        .object_lock_legal_hold_status(ObjectLockLegalHoldStatus::On)
+        .send()
+        .await
+        .expect("put with legal hold");
     let until = std::time::SystemTime::now() + std::time::Duration::from_secs(86_400);
     s3.put_object()
         .bucket("media")
@@ -282,12 +291,16 @@ async fn s3_object_lock_and_legal_hold_are_protected_not_failures() {
             r["protected"].as_i64(),
             r["outcome"].as_str()
         ),
-        (Some(1), Some(2), Some("ok")),
+        (Some(1), Some(3), Some("ok")),
         "{ran}"
     );
     assert_eq!(
         versions(&s3, "media").await,
-        ["audio/held.wav v*", "audio/retained.wav v*"]
+        [
+            "audio/held.wav v*",
+            "audio/q/../lone.wav v*",
+            "audio/retained.wav v*"
+        ]
     );
 }
 
