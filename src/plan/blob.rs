@@ -165,12 +165,13 @@ pub fn select(
 }
 
 /// Asks `store` for the locks of the listed items `selection` would
-/// delete, and records them in `listing` (the caller selects again).
+/// delete, and records them in `listing`. True when it found one: only
+/// then must the caller select again.
 pub async fn describe_due(
     store: &dyn BlobStore,
     listing: &mut [BlobMeta],
     selection: &Selection,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let due: HashSet<(&str, Option<&str>)> = selection
         .due
         .iter()
@@ -186,19 +187,22 @@ pub async fn describe_due(
         .cloned()
         .collect();
     if candidates.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     store.describe(&mut candidates, false).await?;
-    let locks: HashMap<(String, Option<String>), String> = candidates
-        .into_iter()
-        .filter_map(|m| Some(((m.key, m.version), m.locked?)))
+    let locks: HashMap<(&str, Option<&str>), &str> = candidates
+        .iter()
+        .filter_map(|m| Some(((m.key.as_str(), m.version.as_deref()), m.locked.as_deref()?)))
         .collect();
+    if locks.is_empty() {
+        return Ok(false);
+    }
     for m in listing.iter_mut() {
-        if let Some(lock) = locks.get(&(m.key.clone(), m.version.clone())) {
-            m.locked = Some(lock.clone());
+        if let Some(lock) = locks.get(&(m.key.as_str(), m.version.as_deref())) {
+            m.locked = Some(lock.to_string());
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]

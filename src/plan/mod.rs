@@ -368,10 +368,11 @@ async fn prepare_blob(
     }
     let mut selection = blob::select(&listing, prefix, cutoff, &held);
     if !wants_metadata {
-        if let Err(e) = blob::describe_due(store, &mut listing, &selection).await {
-            return report.fail(format!("{store}: reading object locks: {e}"));
+        match blob::describe_due(store, &mut listing, &selection).await {
+            Ok(true) => selection = blob::select(&listing, prefix, cutoff, &held),
+            Ok(false) => {}
+            Err(e) => return report.fail(format!("{store}: reading object locks: {e}")),
         }
-        selection = blob::select(&listing, prefix, cutoff, &held);
     }
     report.matched = selection.matched;
     report.protected = selection.protected;
