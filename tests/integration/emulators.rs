@@ -213,6 +213,30 @@ pub const AWS_ENV: [(&str, &str); 2] = [
     ("AWS_SECRET_ACCESS_KEY", "test"),
 ];
 
+/// [`crate::util::contract_vars`] pointed at real blob stores: these
+/// emulators' endpoints, a scratch directory, and their credentials.
+pub fn contract_vars_on<'a>(
+    key: &'a str,
+    db_url: &'a str,
+    s3_endpoint: &'a str,
+    azure_endpoint: &'a str,
+    scratch: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    let mut vars: Vec<(&str, &str)> = crate::util::contract_vars(key, db_url)
+        .into_iter()
+        .filter(|(name, _)| !["S3_ENDPOINT", "AZURE_BLOB_ENDPOINT", "SCRATCH_DIR"].contains(name))
+        .collect();
+    vars.extend([
+        ("S3_ENDPOINT", s3_endpoint),
+        ("AZURE_BLOB_ENDPOINT", azure_endpoint),
+        ("SCRATCH_DIR", scratch),
+        AWS_ENV[0],
+        AWS_ENV[1],
+        ("AZURE_STORAGE_KEY", AZ_KEY),
+    ]);
+    vars
+}
+
 /// Azurite's well-known development account.
 pub const AZ_ACCOUNT: &str = "devstoreaccount1";
 /// Its key (public: Azurite's documentation prints it).

@@ -105,7 +105,7 @@ reason = "tax"
 
 #[tokio::test]
 async fn online_shipped_examples_fit_the_shipped_schema_and_stores() {
-    use crate::emulators::{s3_client, Azure, Emulator, AWS_ENV, AZ_KEY};
+    use crate::emulators::{contract_vars_on, s3_client, Azure, Emulator};
     let env = Env::new().await;
     let root = env!("CARGO_MANIFEST_DIR");
     env.db
@@ -134,16 +134,7 @@ async fn online_shipped_examples_fit_the_shipped_schema_and_stores() {
     let key = env.key.display().to_string();
     let s3_endpoint = moto.url();
     let scratch = env.dir.path().display().to_string();
-    let mut vars = contract_vars(&key, &env.db.url).to_vec();
-    for (name, value) in [
-        ("S3_ENDPOINT", s3_endpoint.as_str()),
-        ("AZURE_BLOB_ENDPOINT", az.endpoint.as_str()),
-        ("SCRATCH_DIR", scratch.as_str()),
-    ] {
-        vars.retain(|(n, _)| *n != name);
-        vars.push((name, value));
-    }
-    vars.extend([AWS_ENV[0], AWS_ENV[1], ("AZURE_STORAGE_KEY", AZ_KEY)]);
+    let vars = contract_vars_on(&key, &env.db.url, &s3_endpoint, &az.endpoint, &scratch);
     for file in SHIPPED_CONFIGS {
         let out = retentiond(
             &["check", "--online", "-c", &format!("{root}/{file}")],

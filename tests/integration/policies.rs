@@ -4,7 +4,7 @@
 //! seed policies is checked in the stores afterwards.
 
 use crate::chain;
-use crate::emulators::{s3_client, Azure, Emulator, AWS_ENV, AZ_KEY};
+use crate::emulators::{contract_vars_on, s3_client, Azure, Emulator};
 use crate::util::*;
 use aws_sdk_s3::primitives::ByteStream;
 use retentiond::audit::key::load_public;
@@ -116,16 +116,7 @@ async fn policies_contract_runs_end_to_end_on_every_store() {
     let key = env.key.display().to_string();
     let s3_endpoint = moto.url();
     let scratch_dir = scratch.display().to_string();
-    let mut vars = contract_vars(&key, &env.db.url).to_vec();
-    for (name, value) in [
-        ("S3_ENDPOINT", s3_endpoint.as_str()),
-        ("AZURE_BLOB_ENDPOINT", az.endpoint.as_str()),
-        ("SCRATCH_DIR", scratch_dir.as_str()),
-    ] {
-        vars.retain(|(n, _)| *n != name);
-        vars.push((name, value));
-    }
-    vars.extend([AWS_ENV[0], AWS_ENV[1], ("AZURE_STORAGE_KEY", AZ_KEY)]);
+    let vars = contract_vars_on(&key, &env.db.url, &s3_endpoint, &az.endpoint, &scratch_dir);
     let ran = retentiond(&["run", "-c", contract, "--format", "json"], &vars);
     assert_eq!(ran.code, 0, "{ran}");
     for rule in ran.json()["rules"].as_array().unwrap() {
