@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Helpers shared by scripts/test and scripts/demo. Source it; do not run it.
 #
-#   ensure_rust           fail clearly when cargo is missing
+#   ensure_rust           fail clearly when cargo is missing; install
+#                         libclang (pg_query's build needs it) when missing
 #   ensure_postgres       find (or apt-get install) the PostgreSQL server
 #                         binaries; exports PG_BIN
 #   pg_start DIR          start a throwaway cluster in DIR on a free port of
@@ -89,6 +90,11 @@ ensure_rust() {
         else
             die "cargo not found: install the Rust toolchain (https://rustup.rs), then re-run"
         fi
+    fi
+    # pg_query (PostgreSQL's parser, for `where`) generates its bindings with
+    # bindgen, which loads libclang.
+    if ! ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so'; then
+        apt_install libclang-dev
     fi
 }
 

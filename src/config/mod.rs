@@ -11,6 +11,7 @@ pub mod duration;
 pub mod interpolate;
 #[allow(missing_docs)] // mirrors the file's keys, documented in README.md
 pub mod raw;
+pub mod sql_expr;
 pub mod validate;
 
 pub use diagnostic::{ConfigError, Problem};
@@ -475,6 +476,20 @@ impl Config {
     /// Guards on any table of `store` (cascades may reach them).
     pub fn guards_in<'a>(&'a self, store: &'a str) -> impl Iterator<Item = &'a Guard> {
         self.guards.iter().filter(move |g| g.store == store)
+    }
+
+    /// Row holds on any table of `store` (cascades may reach them), with
+    /// their table and `where`.
+    pub fn row_holds_in<'a>(
+        &'a self,
+        store: &'a str,
+    ) -> impl Iterator<Item = (&'a Hold, &'a TableName, &'a str)> {
+        self.holds.iter().filter_map(move |h| match &h.target {
+            HoldTarget::Rows { table, filter } if h.store == store => {
+                Some((h, table, filter.as_str()))
+            }
+            _ => None,
+        })
     }
 
     /// Row holds on `store`.`table`.

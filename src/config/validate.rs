@@ -662,6 +662,9 @@ fn holds(cx: &mut Ctx, raw: &RawConfig, stores: &BTreeMap<String, StoreConfig>) 
             }
             let table = table_name(cx, &h.table, span.clone(), what);
             let filter = cx.required(&h.filter, "where", span.clone(), what);
+            if let (Some(v), Some(f)) = (&h.filter, &filter) {
+                check_where(cx, v.span(), f);
+            }
             table
                 .zip(filter)
                 .map(|(table, filter)| HoldTarget::Rows { table, filter })
@@ -831,19 +834,7 @@ fn table_target(
         Some(v) => {
             spans.filter = Some(v.span());
             let f = cx.string(v)?;
-            if f.trim().is_empty() {
-                cx.err(
-                    v.span(),
-                    "`where` is empty",
-                    "remove it, or write an SQL boolean expression such as \"tier = 'free'\"",
-                );
-            } else if has_statement_separator(&f) {
-                cx.err(
-                    v.span(),
-                    "`where` contains `;`",
-                    "write a single SQL boolean expression, not statements",
-                );
-            }
+            check_where(cx, v.span(), &f);
             Some(f)
         }
         None => None,
@@ -933,19 +924,16 @@ fn table_target(
     }))
 }
 
-/// True when `sql` has a `;` outside quotes: `where` is one expression.
-fn has_statement_separator(sql: &str) -> bool {
-    let mut quote: Option<char> = None;
-    for c in sql.chars() {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None if c == '\'' || c == '"' => quote = Some(c),
-            None if c == ';' => return true,
-            None => {}
-        }
+/// A `where` must be exactly one SQL expression (see [`super::sql_expr`]):
+/// anything else could escape the parentheses it is pasted into.
+fn check_where(cx: &mut Ctx, span: Range<usize>, text: &str) {
+    if let Err(e) = super::sql_expr::check(text) {
+        cx.err(
+            span,
+            format!("`where` is not one SQL expression: {e}"),
+            "write a single SQL boolean expression such as \"tier = 'free'\", with balanced parentheses and no other clause or statement",
+        );
     }
-    false
 }
 
 fn mask_strategy(cx: &mut Ctx, value: &Spanned<RawMask>) -> Option<MaskStrategy> {

@@ -17,4 +17,5 @@ mod online;
 mod policies;
 mod report;
 mod s3;
+mod trust;
 mod verify;

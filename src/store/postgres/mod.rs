@@ -2,6 +2,7 @@
 //! introspection, rule SQL and batch statements.
 
 pub mod batch;
+pub mod protect;
 pub mod resolve;
 pub mod schema;
 pub mod sql;

@@ -6,14 +6,12 @@
 //! guard whose column does not exist) is a [`TargetError`]: the run is
 //! refused rather than guessed.
 
+use super::protect::{self, CascadeTree};
 use super::schema::{self, AgeType, Field, SchemaError, TableInfo, TargetError};
 use super::sql::{self, ColumnKind};
-use crate::config::{Config, Guard, MaskSpec, MaskStrategy, TableAction, TableName, TableRule};
+use crate::config::{Config, MaskSpec, MaskStrategy, TableAction, TableName, TableRule};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
-
-/// How deep cascades are followed; deeper chains are refused as doubtful.
-const MAX_CASCADE_DEPTH: usize = 8;
 
 /// A table rule bound to one cutoff and one database.
 #[derive(Debug, Clone)]
@@ -32,6 +30,8 @@ pub struct ResolvedRule {
     pub mask: Option<ResolvedMask>,
     /// Human-readable notes on what protects rows (for `check --online`).
     pub notes: Vec<String>,
+    /// For delete rules: the tables the delete cascades into.
+    pub tree: Option<CascadeTree>,
 }
 
 /// The masking half of a mask rule.
@@ -92,21 +92,17 @@ pub async fn resolve(
         &sql::cutoff_literal(cutoff, age_type),
         rule.filter.as_deref(),
     );
-    let mut notes = Vec::new();
-    let protected = match &rule.action {
+    let (protected, notes, cascaded) = match &rule.action {
         TableAction::Delete => {
-            let guards = Protections::load(conn, config, store, at).await?;
-            let mut walk = Walk {
-                path: vec![table.oid],
-                notes: Vec::new(),
-            };
-            let predicate = guards.of(conn, &table, &rule.table, &mut walk).await?;
-            notes = walk.notes;
-            predicate
+            let tree = CascadeTree::load(conn, config, store, &table, &rule.table, at).await?;
+            (protect::protected(&tree), protect::notes(&tree), Some(tree))
         }
         // Guards are deletion floors; masking keeps the row. Holds preserve
         // evidence as it is, so they apply to masking too.
-        TableAction::Mask(_) => sql::any_of(&hold_predicates(config, store, &rule.table)),
+        TableAction::Mask(_) => {
+            let holds = protect::holds_on(conn, config, store, &table).await?;
+            (protect::held(&holds), Vec::new(), None)
+        }
     };
     let mask = match &rule.action {
         TableAction::Mask(spec) => Some(mask_sql(&table, &rule.table, spec)?),
@@ -120,6 +116,7 @@ pub async fn resolve(
         protected,
         mask,
         notes,
+        tree: cascaded,
     })
 }
 
@@ -134,146 +131,6 @@ fn age_type(table: &TableInfo, name: &TableName, age: &str) -> Result<AgeType, T
             col.sql_type
         ))
     })
-}
-
-fn hold_predicates(config: &Config, store: &str, table: &TableName) -> Vec<String> {
-    config
-        .row_holds_on(store, table)
-        .map(|(_, filter)| sql::hold_covers(filter))
-        .collect()
-}
-
-/// Where a walk down the cascade graph is, and what it found.
-struct Walk {
-    /// Table oids from the rule's table to the current one.
-    path: Vec<u32>,
-    /// Cascade paths into protected tables.
-    notes: Vec<String>,
-}
-
-/// Guards and holds of one store, with their tables resolved to oids and
-/// cutoffs computed, so cascades can be matched by oid.
-struct Protections<'a> {
-    guards: Vec<(&'a Guard, u32, DateTime<Utc>)>,
-    holds: Vec<(&'a TableName, u32, &'a str)>,
-}
-
-impl<'a> Protections<'a> {
-    async fn load(
-        conn: &mut PgConnection,
-        config: &'a Config,
-        store: &'a str,
-        at: DateTime<Utc>,
-    ) -> Result<Protections<'a>, SchemaError> {
-        let mut guards = Vec::new();
-        for g in config.guards_in(store) {
-            let oid = schema::resolve_name(conn, &g.table).await?.ok_or_else(|| {
-                TargetError::new(format!("guarded table {} does not exist", g.table))
-            })?;
-            let cutoff = g.min_keep.cutoff(at).ok_or_else(|| {
-                TargetError::new(format!(
-                    "guard on {}: min_keep {} reaches before year 0",
-                    g.table, g.min_keep
-                ))
-            })?;
-            guards.push((g, oid, cutoff));
-        }
-        let mut holds = Vec::new();
-        for h in &config.holds {
-            if let crate::config::HoldTarget::Rows { table, filter } = &h.target {
-                if h.store == store {
-                    let oid = schema::resolve_name(conn, table).await?.ok_or_else(|| {
-                        TargetError::new(format!(
-                            "table {table} of hold `{}` does not exist",
-                            h.name
-                        ))
-                    })?;
-                    holds.push((table, oid, filter.as_str()));
-                }
-            }
-        }
-        Ok(Protections { guards, holds })
-    }
-
-    /// The predicate for rows of `table` that must not be deleted: guarded
-    /// or held themselves, or cascading into such rows. `walk.path` holds the
-    /// tables from the rule's down to `table`; the rule's table is alias `t`,
-    /// the one at depth n is `cn`.
-    async fn of(
-        &self,
-        conn: &mut PgConnection,
-        table: &TableInfo,
-        name: &TableName,
-        walk: &mut Walk,
-    ) -> Result<String, SchemaError> {
-        let depth = walk.path.len().saturating_sub(1);
-        let alias = if depth == 0 {
-            "t".to_string()
-        } else {
-            format!("c{depth}")
-        };
-        let alias = alias.as_str();
-        let notes = &mut walk.notes;
-        let mut parts = Vec::new();
-        for (g, oid, cutoff) in &self.guards {
-            if *oid == table.oid {
-                let ty = age_type(table, &g.table, &g.age)?;
-                parts.push(sql::guard_protects(
-                    alias,
-                    &g.age,
-                    &sql::cutoff_literal(*cutoff, ty),
-                ));
-                if depth > 0 {
-                    notes.push(format!(
-                        "cascade into {} is checked against its guard (min_keep {}: {})",
-                        g.table, g.min_keep, g.reason
-                    ));
-                }
-            }
-        }
-        for (t, oid, filter) in &self.holds {
-            if *oid == table.oid {
-                parts.push(sql::hold_covers(filter));
-                if depth > 0 {
-                    notes.push(format!("cascade into {t} is checked against a legal hold"));
-                }
-            }
-        }
-        if self.guards.is_empty() && self.holds.is_empty() {
-            return Ok(sql::any_of(&parts));
-        }
-        for edge in schema::cascades_from(conn, table).await? {
-            if walk.path.contains(&edge.child.oid) {
-                // A cycle of cascades: the rows on it are covered where the
-                // cycle started.
-                continue;
-            }
-            if depth + 1 > MAX_CASCADE_DEPTH {
-                return Err(TargetError::new(format!(
-                    "cascade chain from {name} is deeper than {MAX_CASCADE_DEPTH} foreign keys; refusing to guess what a delete would take along"
-                ))
-                .into());
-            }
-            walk.path.push(edge.child.oid);
-            let child_alias = format!("c{}", depth + 1);
-            let inner = Box::pin(self.of(conn, &edge.child, &edge.child_name, walk)).await?;
-            walk.path.pop();
-            if inner != "false" {
-                walk.notes.push(format!(
-                    "{name} → {} via ON DELETE CASCADE ({})",
-                    edge.child_name, edge.constraint
-                ));
-                parts.push(sql::cascade_exists(
-                    &edge.child.quoted,
-                    &child_alias,
-                    alias,
-                    &edge.columns,
-                    &inner,
-                ));
-            }
-        }
-        Ok(sql::any_of(&parts))
-    }
 }
 
 fn mask_sql(

@@ -184,6 +184,24 @@ pub async fn leaves(conn: &mut PgConnection, info: &TableInfo) -> Result<Vec<Str
         .collect()
 }
 
+/// The oids of the leaf relations of a table (its partitions, or itself):
+/// where PostgreSQL counts the rows deleted from it.
+pub async fn leaf_oids(conn: &mut PgConnection, info: &TableInfo) -> Result<Vec<u32>, SchemaError> {
+    if !info.partitioned {
+        return Ok(vec![info.oid]);
+    }
+    let oids: Vec<i64> = sqlx::query_scalar(
+        "SELECT p.relid::oid::int8 FROM pg_partition_tree($1::int8::regclass) p WHERE p.isleaf ORDER BY 1",
+    )
+    .bind(i64::from(info.oid))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(oids
+        .into_iter()
+        .filter_map(|o| u32::try_from(o).ok())
+        .collect())
+}
+
 /// Heap size in pages (at least 1), for walking the table in ctid windows.
 pub async fn relpages(conn: &mut PgConnection, quoted: &str) -> Result<u32, SchemaError> {
     let pages: i64 = sqlx::query_scalar(

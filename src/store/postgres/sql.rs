@@ -35,11 +35,19 @@ pub fn cutoff_literal(cutoff: DateTime<Utc>, ty: AgeType) -> String {
     }
 }
 
+/// A user's `where` as one parenthesised expression. The config loader has
+/// checked with PostgreSQL's own parser that the text is exactly one
+/// expression (`config::sql_expr`); the newline ends a trailing `--`
+/// comment, so the closing parenthesis is always SQL.
+pub fn user_expr(filter: &str) -> String {
+    format!("(\n{filter}\n)")
+}
+
 /// Rows at or before the cutoff (NULL never is) and inside `where`.
 pub fn due(alias: &str, age: &str, cutoff: &str, filter: Option<&str>) -> String {
     let base = format!("{alias}.{} <= {cutoff}", quote_ident(age));
     match filter {
-        Some(f) => format!("({base} AND ({f}) IS TRUE)"),
+        Some(f) => format!("({base} AND {} IS TRUE)", user_expr(f)),
         None => format!("({base})"),
     }
 }
@@ -49,11 +57,6 @@ pub fn due(alias: &str, age: &str, cutoff: &str, filter: Option<&str>) -> String
 pub fn guard_protects(alias: &str, age: &str, cutoff: &str) -> String {
     let col = format!("{alias}.{}", quote_ident(age));
     format!("({col} IS NULL OR {col} > {cutoff})")
-}
-
-/// A hold covers rows for which its predicate is true or NULL (in doubt).
-pub fn hold_covers(filter: &str) -> String {
-    format!("(({filter}) IS NOT FALSE)")
 }
 
 /// `EXISTS` over the rows a cascade would delete with a parent row, that are
@@ -346,7 +349,7 @@ mod tests {
         assert_eq!(due("t", "created_at", "X", None), "(t.\"created_at\" <= X)");
         assert_eq!(
             due("t", "a", "X", Some("tier = 'free'")),
-            "(t.\"a\" <= X AND (tier = 'free') IS TRUE)"
+            "(t.\"a\" <= X AND (\ntier = 'free'\n) IS TRUE)"
         );
     }
 
