@@ -4,7 +4,7 @@
 --
 -- `retentiond migrate` runs as the admin (postgres) and creates schema
 -- `retentiond`; the compose service `grants` then gives this role what it
--- needs there (SELECT, INSERT on the audit log; SELECT on _sqlx_migrations).
+-- needs there (docs/runtime-grants.sql).
 -- Here: the application tables of the top-level retention.toml.
 --   * SELECT on every table: rules count and select rows, guards and holds
 --     read other tables (billing_records, legal_holds), and the cascade check

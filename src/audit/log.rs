@@ -37,9 +37,10 @@ pub enum AuditError {
     /// Migrations failed.
     #[error("audit schema migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// The schema is missing and this role may not create it.
-    #[error("the audit schema `retentiond` is missing or out of date, and this role cannot migrate it ({0}); run `retentiond migrate -c FILE` as an admin role")]
-    NotMigrated(String),
+    /// The schema is missing or out of date. `run` and `serve` never create
+    /// it: a role that could would own the log and could rewrite it.
+    #[error("the audit schema `retentiond` is missing or out of date in the audit store; run `retentiond migrate -c FILE` as an admin role, then grant the runtime role what the README's \"Grants\" lists")]
+    NotMigrated,
     /// A record could not be built.
     #[error(transparent)]
     Record(#[from] RecordError),
@@ -92,16 +93,16 @@ pub async fn is_migrated(pool: &PgPool) -> Result<bool, AuditError> {
 }
 
 impl AuditLog {
-    /// Opens the log, migrating when needed and allowed.
+    /// Opens the log. Never creates or alters the schema (that is
+    /// `retentiond migrate`, as an admin role): the runtime role must not
+    /// own the log it writes.
     pub async fn open(
         pool: PgPool,
         signer: Signer,
         jsonl: Option<PathBuf>,
     ) -> Result<AuditLog, AuditError> {
         if !is_migrated(&pool).await? {
-            if let Err(e) = migrate(&pool).await {
-                return Err(AuditError::NotMigrated(e.to_string()));
-            }
+            return Err(AuditError::NotMigrated);
         }
         Ok(AuditLog {
             pool,
@@ -129,6 +130,9 @@ impl AuditLog {
 
     /// Seals `event` as the next record and stores it (and mirrors it).
     pub async fn append(&self, event: &Event) -> Result<Sealed, AuditError> {
+        // The mirror is opened first: a mirror that cannot be written stops
+        // the record before the database has it, so the two never diverge.
+        let mirror = self.open_mirror()?;
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -173,26 +177,32 @@ impl AuditLog {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.mirror(&sealed)?;
+        if let Some((path, mut file)) = mirror {
+            let err = |source| AuditError::Mirror {
+                path: path.clone(),
+                source,
+            };
+            file.write_all(format!("{}\n", sealed.line).as_bytes())
+                .map_err(err)?;
+            file.sync_data().map_err(err)?;
+        }
         Ok(sealed)
     }
 
-    fn mirror(&self, sealed: &Sealed) -> Result<(), AuditError> {
+    /// The JSONL mirror opened for appending, when one is configured.
+    fn open_mirror(&self) -> Result<Option<(PathBuf, std::fs::File)>, AuditError> {
         let Some(path) = &self.jsonl else {
-            return Ok(());
+            return Ok(None);
         };
-        let err = |source| AuditError::Mirror {
-            path: path.clone(),
-            source,
-        };
-        let mut file = std::fs::OpenOptions::new()
+        std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
-            .map_err(err)?;
-        file.write_all(format!("{}\n", sealed.line).as_bytes())
-            .map_err(err)?;
-        file.sync_data().map_err(err)
+            .map(|f| Some((path.clone(), f)))
+            .map_err(|source| AuditError::Mirror {
+                path: path.clone(),
+                source,
+            })
     }
 }
 

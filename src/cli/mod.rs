@@ -509,26 +509,37 @@ async fn migrate_cmd(path: &std::path::Path) -> i32 {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let Some(pg) = stores.postgres(&audit_cfg.store) else {
+    if stores.postgres(&audit_cfg.store).is_none() {
         return fail(
             exit::USAGE,
             format!("audit store `{}` is not a postgres store", audit_cfg.store),
         );
-    };
-    let before = audit::log::is_migrated(&pg.pool).await.unwrap_or(false);
-    match audit::log::migrate(&pg.pool).await {
-        Ok(()) => {
-            let what = if before {
-                "was already up to date"
-            } else {
-                "has been created or updated"
-            };
-            println!(
-                "audit schema `retentiond` {what} in store `{}`",
-                audit_cfg.store
-            );
-            exit::OK
-        }
-        Err(e) => fail(exit::FAILED, e),
     }
+    // The audit store, then every other PostgreSQL store a rule changes:
+    // each batch records its counts in its own database's
+    // retentiond.run_progress.
+    let mut names = vec![audit_cfg.store.clone()];
+    for rule in &config.rules {
+        if !rule.is_blob() && !names.contains(&rule.store) {
+            names.push(rule.store.clone());
+        }
+    }
+    for name in names {
+        let Some(pg) = stores.postgres(&name) else {
+            continue;
+        };
+        let before = audit::log::is_migrated(&pg.pool).await.unwrap_or(false);
+        match audit::log::migrate(&pg.pool).await {
+            Ok(()) => {
+                let what = if before {
+                    "was already up to date"
+                } else {
+                    "has been created or updated"
+                };
+                println!("schema `retentiond` {what} in store `{name}`");
+            }
+            Err(e) => return fail(exit::FAILED, format!("store `{name}`: {e}")),
+        }
+    }
+    exit::OK
 }

@@ -229,6 +229,11 @@ impl Rule {
         }
     }
 
+    /// True for a rule on a blob store's prefix.
+    pub fn is_blob(&self) -> bool {
+        matches!(self.target, Target::Prefix(_))
+    }
+
     /// The table or `store:prefix` the rule applies to, for display.
     pub fn target_name(&self) -> String {
         match &self.target {
@@ -430,10 +435,29 @@ pub enum HoldTarget {
 impl Config {
     /// Reads and validates `path`, interpolating from the process environment.
     pub fn load(path: &Path) -> Result<Config, LoadError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.to_path_buf(),
             source,
         })?;
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                // Located like any other problem: the valid prefix is the
+                // same bytes in the lossy text.
+                let at = e.utf8_error().valid_up_to();
+                let text = String::from_utf8_lossy(e.as_bytes()).into_owned();
+                let end = text[at..].chars().next().map_or(at, |c| at + c.len_utf8());
+                return Err(LoadError::Invalid(ConfigError {
+                    path: path.display().to_string(),
+                    text,
+                    problems: vec![diagnostic::Problem::new(
+                        at..end,
+                        "the file is not valid UTF-8",
+                        "save it as UTF-8 (retentiond reads TOML, which is always UTF-8)",
+                    )],
+                }));
+            }
+        };
         Config::from_text(path, text, &|name| std::env::var(name).ok()).map_err(LoadError::Invalid)
     }
 

@@ -254,6 +254,11 @@ fn settings(cx: &mut Ctx, base: &Settings, keys: &SettingsKeys) -> Settings {
     if let Some(v) = keys.schedule {
         if let Some(text) = cx.string(v) {
             match cron::Schedule::from_str(&text) {
+                Ok(sched) if sched.upcoming(chrono::Utc).next().is_none() => cx.err(
+                    v.span(),
+                    format!("cron expression `{text}` never fires (no such date)"),
+                    "check day-of-month against month, e.g. February has no 30th; \"0 0 3 * * *\" runs daily at 03:00 UTC",
+                ),
                 Ok(_) => s.schedule = text,
                 Err(_) => {
                     let fields = text.split_whitespace().count();
@@ -299,6 +304,25 @@ fn settings(cx: &mut Ctx, base: &Settings, keys: &SettingsKeys) -> Settings {
             if let Some(d) = cx.fixed(v) {
                 *slot = d;
             }
+        }
+    }
+    for (name, value, d) in [
+        ("lock_timeout", keys.lock_timeout, s.lock_timeout),
+        (
+            "statement_timeout",
+            keys.statement_timeout,
+            s.statement_timeout,
+        ),
+    ] {
+        // PostgreSQL reads 0 as "no timeout"; we send whole milliseconds.
+        if let Some(v) = value.filter(|_| d.as_millis() == 0) {
+            cx.err(
+                v.span(),
+                format!(
+                    "`{name}` of 0 is no timeout at all: PostgreSQL reads 0 as \"wait forever\""
+                ),
+                "use at least 1ms; \"5s\" suits most tables",
+            );
         }
     }
     s
@@ -563,13 +587,15 @@ fn table_name(
     what: &str,
 ) -> Option<TableName> {
     let text = cx.required(value, "table", span, what)?;
-    let parsed = TableName::parse(&text);
+    // `a.b.c` could be a database, a schema and a table, or a dotted name:
+    // refused rather than guessed.
+    let parsed = TableName::parse(&text).filter(|t| !t.name.contains('.'));
     if parsed.is_none() {
         if let Some(v) = value {
             cx.err(
                 v.span(),
                 format!("invalid table name `{text}`"),
-                "write `table` or `schema.table`",
+                "write `table` or `schema.table` (one dot at most)",
             );
         }
     }

@@ -6,11 +6,13 @@ use super::Cancel;
 use crate::audit::log::Claim;
 use crate::config::{BlobLocator, Rule};
 use crate::plan::{describe_db_error, Outcome};
-use crate::store::blob::{BlobMeta, BlobRef, BlobStore};
+use crate::store::blob::{BlobMeta, BlobRef, BlobStore, StoreError};
 use crate::store::postgres::batch;
+use crate::store::postgres::progress::{self, Totals};
 use crate::store::postgres::resolve::ResolvedRule;
 use crate::store::postgres::{schema, PgStore};
 use sqlx::Connection;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Largest window of heap pages one batch scans (128 MiB of 8 KiB pages):
@@ -46,6 +48,14 @@ pub struct Executed {
     pub bytes: u64,
     /// Due rows kept because the store locks one of their objects.
     pub kept: i64,
+    /// Rows other tables lost through cascades, by `schema.table`.
+    pub cascaded: BTreeMap<String, i64>,
+    /// Due rows kept because one of their objects could not be touched
+    /// safely, by reason.
+    pub skipped: BTreeMap<String, i64>,
+    /// Due rows kept because deleting their objects failed (a rerun
+    /// retries them), and the first such error.
+    pub blob_failures: (i64, Option<String>),
     /// Batches committed.
     pub batches: i64,
     /// `ok`, `refused`, `failed` or `interrupted`.
@@ -62,9 +72,24 @@ impl Executed {
             objects: 0,
             bytes: 0,
             kept: 0,
+            cascaded: BTreeMap::new(),
+            skipped: BTreeMap::new(),
+            blob_failures: (0, None),
             batches: 0,
             outcome: Outcome::Failed,
             reason: Some(reason),
+        }
+    }
+
+    /// The totals so far, as the progress row holds them.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            affected: self.affected,
+            objects: self.objects,
+            bytes: i64::try_from(self.bytes).unwrap_or(i64::MAX),
+            batches: self.batches,
+            cascaded: self.cascaded.clone(),
+            skipped: self.skipped.clone(),
         }
     }
 
@@ -75,18 +100,43 @@ impl Executed {
     }
 }
 
+/// What one committed batch did.
+#[derive(Debug, Default)]
+struct Committed {
+    /// Rows changed.
+    rows: i64,
+    /// For a `blobs` rule: objects and bytes deleted with the rows.
+    objects: i64,
+    bytes: u64,
+    /// Rows kept because the store locks one of their objects.
+    kept: i64,
+    /// Rows other tables lost through cascades.
+    cascaded: BTreeMap<String, i64>,
+    /// Rows kept because an object could not be touched safely.
+    skipped: BTreeMap<String, i64>,
+    /// Rows kept because deleting their objects failed, and the first error.
+    failed: (i64, Option<String>),
+}
+
+impl Committed {
+    fn add_to(&self, t: &mut Totals) {
+        t.affected += self.rows;
+        t.objects += self.objects;
+        t.bytes = t
+            .bytes
+            .saturating_add(i64::try_from(self.bytes).unwrap_or(i64::MAX));
+        if self.rows > 0 {
+            t.batches += 1;
+        }
+        add_all(&mut t.cascaded, self.cascaded.clone());
+        add_all(&mut t.skipped, self.skipped.clone());
+    }
+}
+
 /// How one batch attempt ended.
 enum Attempt {
-    /// Committed: rows changed, and for a `blobs` rule the objects and bytes
-    /// deleted with them and the rows kept because the store locks an object.
-    Committed {
-        rows: i64,
-        objects: i64,
-        bytes: u64,
-        kept: i64,
-    },
-    /// Rolled back: deleting the rows' objects failed.
-    BlobsFailed(String),
+    /// Committed.
+    Committed(Committed),
     /// Rolled back: it changed this many rows, more than the batch size.
     TooLarge(i64),
     /// Rolled back: committing would pass the run's cap.
@@ -105,6 +155,7 @@ pub async fn execute(
     link: Option<&Linked<'_>>,
     progress: &(dyn Progress + Sync),
     expected: i64,
+    run_id: Option<&str>,
 ) -> Executed {
     let mut claim_checked = std::time::Instant::now();
     let mut done = Executed {
@@ -112,6 +163,9 @@ pub async fn execute(
         objects: 0,
         bytes: 0,
         kept: 0,
+        cascaded: BTreeMap::new(),
+        skipped: BTreeMap::new(),
+        blob_failures: (0, None),
         batches: 0,
         outcome: Outcome::Ok,
         reason: None,
@@ -146,18 +200,32 @@ pub async fn execute(
             }
             let hi = lo.saturating_add(window).min(pages);
             let remaining = cap.map(|c| c - done.affected);
-            match batch_with_retries(pg, rule, resolved, link, leaf, (lo, hi), limit, remaining)
-                .await
+            let durable = run_id.map(|id| (id, done.totals()));
+            let durable = durable.as_ref().map(|(id, t)| (*id, t));
+            match batch_with_retries(
+                pg,
+                rule,
+                resolved,
+                link,
+                leaf,
+                (lo, hi),
+                limit,
+                remaining,
+                durable,
+            )
+            .await
             {
-                Ok(Attempt::Committed {
-                    rows: changed,
-                    objects,
-                    bytes,
-                    kept,
-                }) => {
-                    done.objects += objects;
-                    done.bytes += bytes;
-                    done.kept += kept;
+                Ok(Attempt::Committed(c)) => {
+                    let changed = c.rows;
+                    done.objects += c.objects;
+                    done.bytes += c.bytes;
+                    done.kept += c.kept;
+                    add_all(&mut done.cascaded, c.cascaded);
+                    add_all(&mut done.skipped, c.skipped);
+                    done.blob_failures.0 += c.failed.0;
+                    if done.blob_failures.1.is_none() {
+                        done.blob_failures.1 = c.failed.1;
+                    }
                     if changed > 0 {
                         done.batches += 1;
                         done.affected += changed;
@@ -184,15 +252,26 @@ pub async fn execute(
                     );
                     return done.stop(Outcome::Refused, reason);
                 }
-                Ok(Attempt::BlobsFailed(why)) => {
-                    let reason = format!("deleting the rows' objects failed; the batch's rows were kept and a rerun retries: {why}");
-                    return done.stop(Outcome::Failed, reason);
-                }
                 Err(e) => return done.stop(Outcome::Failed, describe_db_error(&e)),
             }
         }
     }
+    if done.blob_failures.0 > 0 {
+        let reason = format!(
+            "{} due row(s) kept because deleting their objects failed; what was confirmed is done and a rerun retries the rest; first: {}",
+            done.blob_failures.0,
+            done.blob_failures.1.clone().unwrap_or_default()
+        );
+        return done.stop(Outcome::Failed, reason);
+    }
     done
+}
+
+/// Adds `more` into `into`, key by key.
+fn add_all(into: &mut BTreeMap<String, i64>, more: BTreeMap<String, i64>) {
+    for (k, v) in more {
+        *into.entry(k).or_default() += v;
+    }
 }
 
 /// Pages in the leaf's heap now (rows added later are new, hence not due)
@@ -225,10 +304,15 @@ async fn batch_with_retries(
     window: (u32, u32),
     limit: i64,
     remaining: Option<i64>,
+    durable: Option<(&str, &Totals)>,
 ) -> Result<Attempt, sqlx::Error> {
     let mut attempt = 0;
     loop {
-        match one_batch(pg, rule, resolved, link, leaf, window, limit, remaining).await {
+        match one_batch(
+            pg, rule, resolved, link, leaf, window, limit, remaining, durable,
+        )
+        .await
+        {
             Err(e) if is_retryable(&e) && attempt < MAX_RETRIES => {
                 attempt += 1;
                 tracing::debug!(rule = %rule.name, attempt, error = %e, "Batch conflicted with another transaction; retrying.");
@@ -250,6 +334,7 @@ async fn one_batch(
     (lo, hi): (u32, u32),
     limit: i64,
     remaining: Option<i64>,
+    durable: Option<(&str, &Totals)>,
 ) -> Result<Attempt, sqlx::Error> {
     let mut conn = pg.pool.acquire().await?;
     let mut tx = conn.begin().await?;
@@ -263,13 +348,10 @@ async fn one_batch(
     .bind(format!("{}ms", rule.settings.statement_timeout.as_millis()))
     .execute(&mut *tx)
     .await?;
-    let (changed, objects, bytes, kept) = match link {
-        None => (
-            batch::change(&mut tx, resolved, leaf, lo, hi).await?,
-            0,
-            0,
-            0,
-        ),
+    let counters = batch::deleted_counters(&mut tx, resolved).await?;
+    let mut c = Committed::default();
+    match link {
+        None => c.rows = batch::change(&mut tx, resolved, leaf, lo, hi).await?,
         Some(link) => {
             let rows =
                 batch::select_linked(&mut tx, resolved, leaf, (lo, hi), &link.columns()).await?;
@@ -280,46 +362,66 @@ async fn one_batch(
             // Objects first, rows after, in this transaction: a crash in
             // between leaves rows whose objects are gone (a rerun deletes
             // them; a missing object counts as deleted), never objects
-            // whose rows are gone.
-            let (mut tids, mut refs, mut kept) = (Vec::new(), Vec::new(), 0);
+            // whose rows are gone. A row goes only when every one of its
+            // objects is confirmed gone; one bad row never holds up the
+            // others.
+            let mut owned: Vec<(String, Vec<BlobRef>)> = Vec::new();
             for (tid, values) in rows {
                 match link.objects_of(&values).await {
-                    Ok(Some(objects)) => {
-                        tids.push(tid);
-                        refs.extend(objects);
+                    Ok(Some(objects)) => owned.push((tid, objects)),
+                    Ok(None) => c.kept += 1,
+                    Err(LinkError::Skipped(reason)) => {
+                        *c.skipped.entry(reason.to_string()).or_default() += 1
                     }
-                    Ok(None) => kept += 1,
-                    Err(why) => {
-                        tx.rollback().await?;
-                        return Ok(Attempt::BlobsFailed(why));
+                    Err(LinkError::Failed(why)) => {
+                        c.failed.0 += 1;
+                        c.failed.1.get_or_insert(why);
                     }
                 }
             }
-            let bytes: u64 = refs.iter().map(|r| r.size).sum();
+            let refs: Vec<&BlobRef> = owned.iter().flat_map(|(_, o)| o.iter()).collect();
+            let mut results = Vec::with_capacity(refs.len());
             for chunk in refs.chunks(link.store.batch_limit().max(1)) {
-                let failed: Vec<String> = chunk
-                    .iter()
-                    .zip(link.store.delete(chunk).await)
-                    .filter_map(|(r, result)| result.err().map(|e| format!("{}: {e}", r.key)))
-                    .collect();
-                if let Some(first) = failed.first() {
-                    tx.rollback().await?;
-                    return Ok(Attempt::BlobsFailed(format!(
-                        "{} object(s) not deleted, first: {first}",
-                        failed.len()
-                    )));
+                let chunk: Vec<BlobRef> = chunk.iter().map(|r| (*r).clone()).collect();
+                results.extend(link.store.delete(&chunk).await);
+            }
+            let mut results = results.into_iter();
+            let mut tids = Vec::new();
+            let mut keys = std::collections::HashSet::new();
+            for (tid, objects) in &owned {
+                let mut skipped = None;
+                let mut failed = None;
+                for (r, result) in objects.iter().zip(results.by_ref()) {
+                    match result {
+                        Ok(()) => {
+                            c.bytes += r.size;
+                            if !r.pending {
+                                keys.insert(r.key.clone());
+                            }
+                        }
+                        Err(StoreError::Skipped { reason, .. }) => {
+                            skipped.get_or_insert(reason);
+                        }
+                        Err(e) => {
+                            failed.get_or_insert(format!("{}: {e}", r.key));
+                        }
+                    }
+                }
+                match (skipped, failed) {
+                    (None, None) => tids.push(tid.clone()),
+                    (Some(reason), _) => *c.skipped.entry(reason.to_string()).or_default() += 1,
+                    (None, Some(why)) => {
+                        c.failed.0 += 1;
+                        c.failed.1.get_or_insert(why);
+                    }
                 }
             }
-            let rows = batch::delete_tids(&mut tx, resolved, leaf, &tids).await?;
+            c.rows = batch::delete_tids(&mut tx, resolved, leaf, &tids).await?;
             // Objects are keys: the versions of one key are one object.
-            let keys: std::collections::HashSet<&str> = refs
-                .iter()
-                .filter(|r| !r.pending)
-                .map(|r| r.key.as_str())
-                .collect();
-            (rows, keys.len() as i64, bytes, kept)
+            c.objects = keys.len() as i64;
         }
-    };
+    }
+    let changed = c.rows;
     // One page is the smallest window: its rows are a batch even when a page
     // holds more than batch_size of them.
     if changed > limit && hi - lo > 1 {
@@ -330,13 +432,27 @@ async fn one_batch(
         tx.rollback().await?;
         return Ok(Attempt::OverCap(changed));
     }
+    if !counters.is_empty() {
+        let after = batch::deleted_counters(&mut tx, resolved).await?;
+        c.cascaded = batch::cascaded_between(resolved, &counters, &after, changed);
+    }
+    let changed_anything = changed > 0 || !c.skipped.is_empty() || c.objects > 0;
+    if let Some((run_id, so_far)) = durable.filter(|_| changed_anything) {
+        // The count commits with the batch, or neither does.
+        let mut next = so_far.clone();
+        c.add_to(&mut next);
+        progress::record(&mut tx, run_id, &rule.name, &next).await?;
+    }
     tx.commit().await?;
-    Ok(Attempt::Committed {
-        rows: changed,
-        objects,
-        bytes,
-        kept,
-    })
+    Ok(Attempt::Committed(c))
+}
+
+/// Why a row's objects could not be found.
+enum LinkError {
+    /// One of them can never be touched safely (the row stays, counted).
+    Skipped(&'static str),
+    /// The store failed (the row stays; a rerun retries).
+    Failed(String),
 }
 
 /// The objects a `blobs` rule deletes with each row.
@@ -360,7 +476,10 @@ impl Linked<'_> {
 
     /// Every version of the objects a row names (None: an object is locked,
     /// so the row must stay too); `values` are the [`Linked::columns`].
-    async fn objects_of(&self, values: &[Option<String>]) -> Result<Option<Vec<BlobRef>>, String> {
+    async fn objects_of(
+        &self,
+        values: &[Option<String>],
+    ) -> Result<Option<Vec<BlobRef>>, LinkError> {
         use futures_util::TryStreamExt;
         let (prefix, exact) = match self.locator {
             // A NULL key names no object: the row alone goes.
@@ -383,12 +502,15 @@ impl Linked<'_> {
                 (prefix, false)
             }
         };
-        let listing: Vec<BlobMeta> = self
-            .store
-            .list(&prefix)
-            .try_collect()
-            .await
-            .map_err(|e| format!("listing {prefix}: {e}"))?;
+        let listing: Vec<BlobMeta> =
+            self.store
+                .list(&prefix)
+                .try_collect()
+                .await
+                .map_err(|e| match e {
+                    StoreError::Skipped { reason, .. } => LinkError::Skipped(reason),
+                    e => LinkError::Failed(format!("listing {prefix}: {e}")),
+                })?;
         let mut mine: Vec<BlobMeta> = listing
             .into_iter()
             .filter(|m| !exact || m.key == prefix)
@@ -396,7 +518,10 @@ impl Linked<'_> {
         self.store
             .describe(&mut mine, false)
             .await
-            .map_err(|e| format!("reading object locks under {prefix}: {e}"))?;
+            .map_err(|e| match e {
+                StoreError::Skipped { reason, .. } => LinkError::Skipped(reason),
+                e => LinkError::Failed(format!("reading object locks under {prefix}: {e}")),
+            })?;
         if mine.iter().any(|m| m.locked.is_some()) {
             return Ok(None);
         }

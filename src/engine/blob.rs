@@ -8,8 +8,10 @@ use crate::config::Rule;
 use crate::plan::blob::Selection;
 use crate::plan::Outcome;
 use crate::store::blob::BlobStore;
+use crate::store::blob::StoreError;
+use crate::store::postgres::progress::{self, Totals};
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// What the deletion did.
 #[derive(Debug)]
@@ -18,6 +20,8 @@ pub struct Deleted {
     pub objects: i64,
     /// Versions and delete markers removed.
     pub versions: i64,
+    /// Items kept because they could not be touched safely, by reason.
+    pub skipped: BTreeMap<String, i64>,
     /// Bytes freed.
     pub bytes: u64,
     /// Delete calls made.
@@ -36,8 +40,10 @@ pub async fn execute(
     cancel: &Cancel,
     claim: Option<&Claim>,
     progress: &(dyn Progress + Sync),
+    durable: Option<(&sqlx::PgPool, &str)>,
 ) -> Deleted {
     let mut done = Deleted {
+        skipped: BTreeMap::new(),
         objects: 0,
         versions: 0,
         bytes: 0,
@@ -92,6 +98,11 @@ pub async fn execute(
                         done.versions += 1;
                     }
                 }
+                Err(StoreError::Skipped { reason, detail }) => {
+                    tracing::warn!(rule = %rule.name, %detail, "Kept an object that cannot be touched safely.");
+                    *done.skipped.entry(reason.to_string()).or_default() += 1;
+                    failed_keys.insert(&item.key);
+                }
                 Err(e) => {
                     errors += 1;
                     failed_keys.insert(&item.key);
@@ -100,6 +111,25 @@ pub async fn execute(
             }
         }
         done.objects = gone_keys.difference(&failed_keys).count() as i64;
+        if let Some((pool, run_id)) = durable {
+            // After the store confirmed: a kill between its answer and this
+            // write loses at most this call's count.
+            let totals = Totals {
+                affected: done.objects,
+                objects: done.objects,
+                bytes: i64::try_from(done.bytes).unwrap_or(i64::MAX),
+                batches: done.batches,
+                cascaded: BTreeMap::new(),
+                skipped: done.skipped.clone(),
+            };
+            let written = match pool.acquire().await {
+                Ok(mut conn) => progress::record(&mut conn, run_id, &rule.name, &totals).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                tracing::warn!(rule = %rule.name, error = %e, "Could not record the run's progress; if this run dies, its abandoned record will undercount.");
+            }
+        }
         progress.batch_done(&rule.name, done.objects, selection.matched);
     }
     if errors > 0 && done.outcome == Outcome::Ok {

@@ -11,6 +11,7 @@ mod blob;
 use crate::audit::{AuditLog, Event};
 use crate::config::{Config, Rule};
 use crate::plan::{self, Outcome, PlanOptions, RuleReport};
+use crate::store::postgres::progress::{self, Totals};
 use crate::store::Stores;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
@@ -177,7 +178,18 @@ impl Runner<'_> {
                 return;
             }
         };
+        let pool = self.progress_pool(rule);
         for intent in dead {
+            let run_id = intent["run_id"].as_str().unwrap_or_default().to_string();
+            let found = match progress::read(pool, &run_id).await {
+                Ok(f) => f,
+                Err(e) => {
+                    // Without its counts the record would understate what
+                    // was removed: leave the run open for a later attempt.
+                    tracing::warn!(rule = %rule.name, run_id = %run_id, error = %e, "Could not read an abandoned run's progress; will retry.");
+                    continue;
+                }
+            };
             let mut f = Map::new();
             for key in [
                 "run_id", "rule", "store", "target", "action", "keep", "cutoff", "started",
@@ -187,31 +199,74 @@ impl Runner<'_> {
                 }
             }
             f.insert("outcome".into(), "abandoned".into());
-            f.insert(
-                "reason".into(),
-                format!(
-                    "the process running it ({}) stopped before writing an outcome; found by {}",
-                    intent["host"].as_str().unwrap_or("?"),
+            let who = intent["host"].as_str().unwrap_or("?");
+            let reason = match found.as_ref().and_then(|p| p.unwritten.as_ref()) {
+                Some((outcome, error)) => format!(
+                    "the run finished ({outcome}) on {who} but its outcome record could not be written ({error}); \
+                     recorded by {} with the counts its batches committed",
                     host()
-                )
-                .into(),
-            );
+                ),
+                None => format!(
+                    "the process running it ({who}) stopped before writing an outcome; found by {}; \
+                     the counts are those its batches committed",
+                    host()
+                ),
+            };
+            f.insert("reason".into(), reason.into());
+            let t = found.map(|p| p.totals).unwrap_or_default();
+            let mut counts = json!({
+                "affected": t.affected,
+                "batches": t.batches,
+                "cascaded": t.cascaded,
+                "skipped": t.skipped,
+            });
+            if rule.is_blob() || t.objects > 0 || t.bytes > 0 {
+                if let Some(obj) = counts.as_object_mut() {
+                    obj.insert("objects".into(), t.objects.into());
+                    obj.insert("bytes".into(), t.bytes.min(1 << 53).into());
+                }
+            }
+            f.insert("counts".into(), counts);
             f.insert(
                 "finished".into(),
                 crate::audit::record::format_ts(Utc::now()).into(),
             );
-            if let Err(e) = self
-                .audit
-                .append(&Event {
-                    kind: "run_outcome",
-                    fields: f,
-                })
-                .await
-            {
+            let event = Event {
+                kind: "run_outcome",
+                fields: f,
+            };
+            if let Err(e) = self.audit.append(&event).await {
                 tracing::warn!(rule = %rule.name, error = %e, "Could not record an abandoned run.");
             } else {
-                tracing::warn!(rule = %rule.name, run_id = intent["run_id"].as_str().unwrap_or("?"), "Recorded an abandoned run.");
+                tracing::warn!(rule = %rule.name, run_id = %run_id, "Recorded an abandoned run.");
+                if let Err(e) = progress::forget(pool, &run_id).await {
+                    tracing::warn!(rule = %rule.name, run_id = %run_id, error = %e, "Could not drop the run's progress row (harmless).");
+                }
             }
+        }
+    }
+
+    /// Where `rule`'s runs keep their progress: the governed database for
+    /// table rules (same transaction as each batch), the audit database for
+    /// blob rules.
+    fn progress_pool(&self, rule: &Rule) -> &sqlx::PgPool {
+        match self.stores.postgres(&rule.store) {
+            Some(pg) if !rule.is_blob() => &pg.pool,
+            _ => self.audit.pool(),
+        }
+    }
+
+    /// Why a table rule on `store` cannot run: its database lacks
+    /// `retentiond.run_progress` (run and serve never create schemas).
+    async fn progress_missing(&self, store: &str) -> Option<String> {
+        let pg = self.stores.postgres(store)?;
+        match progress::ready(&pg.pool).await {
+            Ok(true) => None,
+            Ok(false) => Some(format!(
+                "store `{store}` has no retentiond.run_progress table, where each batch records its counts; \
+                 run `retentiond migrate -c FILE` as an admin role (it prepares every PostgreSQL store with rules)"
+            )),
+            Err(e) => Some(format!("store `{store}`: {}", crate::plan::describe_db_error(&e))),
         }
     }
 
@@ -232,6 +287,12 @@ impl Runner<'_> {
         .await;
         let mut report = prepared.report;
         report.run_id = Some(run_id.clone());
+        if report.outcome == Outcome::Planned && prepared.resolved.is_some() {
+            if let Some(why) = self.progress_missing(&rule.store).await {
+                report.outcome = Outcome::WouldRefuse;
+                report.reason = Some(why);
+            }
+        }
         let intent = intent_event(self.config, rule, &report, &run_id, started);
         if let Err(e) = self.audit.append(&intent).await {
             report.outcome = Outcome::Failed;
@@ -249,10 +310,12 @@ impl Runner<'_> {
                             &self.cancel,
                             Some(claim),
                             self.progress,
+                            Some((self.audit.pool(), run_id.as_str())),
                         )
                         .await
                     }
                     None => blob::Deleted {
+                        skipped: Default::default(),
                         objects: 0,
                         versions: 0,
                         bytes: 0,
@@ -262,6 +325,7 @@ impl Runner<'_> {
                     },
                 };
                 report.affected = Some(done.objects);
+                report.skipped = done.skipped;
                 report.versions = Some(done.versions);
                 report.bytes = Some(done.bytes);
                 report.batches = done.batches;
@@ -298,6 +362,7 @@ impl Runner<'_> {
                             link.as_ref(),
                             self.progress,
                             report.matched,
+                            Some(run_id.as_str()),
                         )
                         .await
                     }
@@ -306,6 +371,8 @@ impl Runner<'_> {
                     }
                 };
                 report.affected = Some(done.affected);
+                report.cascaded = done.cascaded;
+                report.skipped = done.skipped;
                 if link.is_some() {
                     report.objects = Some(done.objects);
                     report.bytes = Some(done.bytes);
@@ -327,14 +394,34 @@ impl Runner<'_> {
             }
         }
         let outcome = outcome_event(rule, &report, &run_id, started, Utc::now());
+        let progress_pool = self.progress_pool(rule);
         if let Err(e) = self.audit.append(&outcome).await {
-            // The changes are committed; say loudly that their record is not.
+            // The changes are committed; say loudly that their record is not,
+            // and leave the counts where the next run of the rule finds them.
             tracing::error!(rule = %rule.name, run_id = %run_id, error = %e, "Could not write the outcome record.");
+            let outcome_name = serde_json::to_value(report.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            if let Err(e2) = progress::mark_unwritten(
+                progress_pool,
+                &run_id,
+                &rule.name,
+                &totals_of(&report),
+                &outcome_name,
+                &e.to_string(),
+            )
+            .await
+            {
+                tracing::error!(rule = %rule.name, run_id = %run_id, error = %e2, "Could not note the unwritten outcome either; the next run records this run as abandoned with the counts its batches left.");
+            }
             report.outcome = Outcome::Failed;
             report.reason = Some(format!(
                 "{} (and the outcome record could not be written: {e})",
                 report.reason.unwrap_or_default()
             ));
+        } else if let Err(e) = progress::forget(progress_pool, &run_id).await {
+            tracing::warn!(rule = %rule.name, run_id = %run_id, error = %e, "Could not drop the run's progress row (harmless).");
         }
         tracing::info!(
             rule = %rule.name,
@@ -346,6 +433,18 @@ impl Runner<'_> {
             "Rule run finished."
         );
         report
+    }
+}
+
+/// A finished run's totals, for its progress row.
+fn totals_of(report: &RuleReport) -> Totals {
+    Totals {
+        affected: report.affected.unwrap_or(0),
+        objects: report.objects.unwrap_or(0),
+        bytes: i64::try_from(report.bytes.unwrap_or(0)).unwrap_or(i64::MAX),
+        batches: report.batches,
+        cascaded: report.cascaded.clone(),
+        skipped: report.skipped.clone(),
     }
 }
 
@@ -377,7 +476,8 @@ fn intent_event(
     started: DateTime<Utc>,
 ) -> Event {
     let mut f = rule_fields(rule, report, run_id);
-    let mut planned = json!({"matched": report.matched, "protected": report.protected, "total": report.total, "batches": report.batches});
+    let mut planned = json!({"matched": report.matched, "protected": report.protected, "total": report.total,
+        "batches": report.batches, "cascaded": report.cascaded, "skipped": report.skipped});
     if let (Some(oldest), Some(obj)) = (report.oldest, planned.as_object_mut()) {
         // The oldest due item: with the cutoff, how late the promise is.
         obj.insert(
@@ -416,6 +516,8 @@ fn outcome_event(
         "affected": report.affected.unwrap_or(0),
         "protected": report.protected,
         "batches": report.batches,
+        "cascaded": report.cascaded,
+        "skipped": report.skipped,
     });
     if let Some(obj) = counts.as_object_mut() {
         if let Some(u) = report.unparsable {

@@ -14,6 +14,7 @@ use crate::store::Stores;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::Connection;
+use std::collections::BTreeMap;
 
 /// A whole plan: when it was computed for and one item per rule.
 #[derive(Debug, Clone, Serialize)]
@@ -74,6 +75,12 @@ pub struct RuleReport {
     /// Rows changed (run only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub affected: Option<i64>,
+    /// Rows other tables lose through `ON DELETE CASCADE`, by `schema.table`
+    /// (plan: predicted; run: as PostgreSQL counted them).
+    pub cascaded: BTreeMap<String, i64>,
+    /// Due rows or objects kept because one item could not be touched
+    /// safely, by reason (`bad_key`, `symlink`, `modified`, ...).
+    pub skipped: BTreeMap<String, i64>,
     /// `planned`, `would_refuse`, `failed` (plan); `ok`, `refused`,
     /// `failed`, `interrupted` (run).
     pub outcome: Outcome,
@@ -186,6 +193,8 @@ impl RuleReport {
             batches: 0,
             oldest: None,
             affected: None,
+            cascaded: BTreeMap::new(),
+            skipped: BTreeMap::new(),
             outcome: Outcome::Planned,
             reason: None,
             notes: Vec::new(),
@@ -268,20 +277,20 @@ pub async fn prepare(
     let counted = async {
         let mut conn = pg.pool.acquire().await?;
         let mut tx = conn.begin().await?;
-        sqlx::query("SET TRANSACTION READ ONLY")
-            .execute(&mut *tx)
-            .await?;
+        crate::store::postgres::begin_counting(&mut tx, rule.settings.lock_timeout).await?;
         let resolved = resolve::resolve(&mut tx, config, &rule.store, table, cutoff, at).await?;
         let counts = batch::count(&mut tx, &resolved).await?;
+        let cascaded = batch::count_cascaded(&mut tx, &resolved).await?;
         tx.rollback().await?;
-        Ok::<_, SchemaError>((resolved, counts))
+        Ok::<_, SchemaError>((resolved, counts, cascaded))
     };
-    let (resolved, counts) = match counted.await {
+    let (resolved, counts, cascaded) = match counted.await {
         Ok(r) => r,
         Err(SchemaError::Target(e)) => return report.refuse(e.message),
         Err(SchemaError::Db(e)) => return report.fail(describe_db_error(&e)),
     };
     apply_counts(&mut report, &resolved, counts, rule.settings.batch_size);
+    report.cascaded = cascaded;
     report.notes = resolved.notes.clone();
     if let Some(reason) = cap_exceeded(
         &counts,
@@ -347,6 +356,16 @@ async fn prepare_blob(
     let mut listing: Vec<crate::store::blob::BlobMeta> =
         match store.list(&prefix.prefix).try_collect().await {
             Ok(l) => l,
+            Err(crate::store::blob::StoreError::Skipped { reason, detail }) => {
+                // The prefix itself cannot be walked safely: nothing under
+                // it is touched, and the plan says so.
+                report.skipped.insert(reason.to_string(), 1);
+                report.notes.push(format!(
+                    "{store}: {detail}; nothing under {} is touched",
+                    prefix.prefix
+                ));
+                Vec::new()
+            }
             Err(e) => return report.fail(format!("{store}: listing {}: {e}", prefix.prefix)),
         };
     let held: Vec<String> = config

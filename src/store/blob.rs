@@ -81,6 +81,19 @@ pub enum StoreError {
     /// The store refused (permissions, a lock it did not list).
     #[error("refused by the store: {0}")]
     Refused(String),
+    /// This one key or prefix is never touched, for a reason about the item
+    /// itself (a key that is not a plain relative path, a path that crosses
+    /// a symbolic link). The item, and a row naming it, is kept; the rest
+    /// of the work goes on, and the item is counted in the rule's `skipped`
+    /// under `reason`.
+    #[error("{detail}")]
+    Skipped {
+        /// A short, stable reason: the key in `skipped` (`bad_key`,
+        /// `symlink`, `modified`, ...).
+        reason: &'static str,
+        /// The item and why, for logs.
+        detail: String,
+    },
     /// Anything else (I/O, network, service errors after retries).
     #[error("{0}")]
     Other(String),

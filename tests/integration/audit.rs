@@ -100,15 +100,15 @@ async fn audit_migrate_is_idempotent_and_runtime_role_needs_no_ddl() {
         assert_eq!(out.code, 0, "{out}");
     }
     // A runtime role with only the documented grants can run rules.
+    let grants = runtime_grants();
     env.db
         .exec(&format!(
             "CREATE ROLE runtime LOGIN;
-         GRANT USAGE ON SCHEMA retentiond TO runtime;
-         GRANT SELECT, INSERT ON retentiond.audit_log TO runtime;
-         GRANT SELECT ON retentiond._sqlx_migrations TO runtime;
+         {}
          GRANT SELECT, DELETE ON t TO runtime;
          REVOKE CREATE ON SCHEMA public FROM PUBLIC;
          REVOKE CREATE ON DATABASE {} FROM PUBLIC;",
+            grants.join("\n").replace("retentiond_runtime", "runtime"),
             env.db.name
         ))
         .await;
@@ -121,6 +121,64 @@ async fn audit_migrate_is_idempotent_and_runtime_role_needs_no_ddl() {
     let run = json_cmd("run", &cfg, &[]);
     assert_eq!(run.code, 0, "{run}");
     assert_eq!(run.rule("r")["affected"], 3);
+    // And it cannot rewrite the log: no UPDATE, DELETE, TRUNCATE, nor the
+    // ownership that would let it disable the triggers.
+    let runtime = sqlx::PgPool::connect(&url)
+        .await
+        .expect("connect as runtime");
+    for attack in [
+        "UPDATE retentiond.audit_log SET kind = 'x'",
+        "DELETE FROM retentiond.audit_log",
+        "TRUNCATE retentiond.audit_log",
+        "ALTER TABLE retentiond.audit_log DISABLE TRIGGER USER",
+        "DROP TABLE retentiond.audit_log",
+    ] {
+        let e = sqlx::query(attack).execute(&runtime).await;
+        assert!(e.is_err(), "the runtime role could: {attack}");
+    }
+    runtime.close().await;
+}
+
+/// The GRANT statements of docs/runtime-grants.sql, the one list.
+fn runtime_grants() -> Vec<String> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = std::fs::read_to_string(format!("{root}/docs/runtime-grants.sql")).expect("read");
+    text.lines()
+        .filter(|l| l.starts_with("GRANT"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn audit_every_place_that_lists_the_runtime_grants_agrees() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let grants = runtime_grants();
+    assert_eq!(grants.len(), 4);
+    for file in [
+        "README.md",
+        "docker/compose.yaml",
+        "docs/audit-format.md",
+        "migrations/0002_run_progress.sql",
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).expect("read");
+        let listed: Vec<&str> = text
+            .lines()
+            .map(|l| l.trim_start_matches([' ', '-']).trim())
+            .filter(|l| {
+                l.starts_with("GRANT")
+                    && (l.contains(" retentiond.") || l.contains("SCHEMA retentiond "))
+            })
+            .map(|l| l.split(';').next().unwrap_or(l))
+            .collect();
+        let wanted: Vec<&str> = grants
+            .iter()
+            .map(|g| g.split(';').next().unwrap_or(g))
+            .collect();
+        assert_eq!(
+            listed, wanted,
+            "{file} lists other grants on schema retentiond"
+        );
+    }
 }
 
 #[test]

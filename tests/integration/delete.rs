@@ -164,10 +164,10 @@ async fn delete_plan_writes_nothing_and_run_matches_plan_then_is_idempotent() {
     );
     assert_eq!(
         env.db
-            .count("SELECT count(*) FROM pg_namespace WHERE nspname = 'retentiond'")
+            .count("SELECT count(*) FROM retentiond.audit_log")
             .await,
         0,
-        "plan wrote no audit schema"
+        "plan wrote no audit record"
     );
     let dry = json_cmd("run", &cfg, &["--dry-run"]);
     assert_eq!(dry.rule("logs-30d")["outcome"], "planned");
@@ -654,6 +654,7 @@ async fn delete_batches_never_exceed_batch_size_when_density_jumps() {
         None,
         &sizes,
         prepared.report.matched,
+        None,
     )
     .await;
     assert_eq!(done.affected, 10_600, "{done:?}");

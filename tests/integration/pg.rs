@@ -156,7 +156,18 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database `retentiond migrate` has prepared.
     pub async fn new() -> TestDb {
+        let db = TestDb::bare().await;
+        // As `retentiond migrate` would (run and serve never do).
+        retentiond::audit::log::migrate(&db.pool)
+            .await
+            .expect("migrate test db");
+        db
+    }
+
+    /// A database without the `retentiond` schema.
+    pub async fn bare() -> TestDb {
         let c = cluster();
         let name = format!(
             "t_{}_{}",

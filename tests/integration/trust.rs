@@ -99,3 +99,216 @@ async fn trust_a_where_that_escapes_its_parentheses_is_refused_everywhere() {
 fn toml_str(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
+
+#[tokio::test]
+async fn trust_cascaded_rows_are_predicted_counted_and_recorded_per_table() {
+    let env = Env::new().await;
+    env.db
+        .exec(&PARENTS_AND_KIDS.replace("INSERT INTO kid_holds VALUES (3), (7);", ""))
+        .await;
+    // A SET NULL child loses no rows; a self-referencing cascade on the
+    // rule's own table removes rows the rule did not select.
+    env.db
+        .exec(
+            "CREATE TABLE notes (id int PRIMARY KEY, parent_id int REFERENCES parents ON DELETE SET NULL);
+             INSERT INTO notes SELECT g, g FROM generate_series(1, 4) g;
+             ALTER TABLE parents ADD COLUMN reply_to int REFERENCES parents ON DELETE CASCADE;
+             INSERT INTO parents VALUES (11, now(), 1), (12, now(), 11);",
+        )
+        .await;
+    let cfg = env.config(&rule("parents", "parents", "batch_size = 3"));
+    let plan = json_cmd("plan", &cfg, &[]);
+    assert_eq!(plan.code, 0, "{plan}");
+    let expected =
+        serde_json::json!({"public.kids": 20, "public.grandkids": 10, "public.parents": 1});
+    assert_eq!(plan.rule("parents")["matched"], 10, "{plan}");
+    assert_eq!(plan.rule("parents")["cascaded"], expected, "{plan}");
+    assert_eq!(plan.rule("parents")["skipped"], serde_json::json!({}));
+    let run = json_cmd("run", &cfg, &[]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.rule("parents")["affected"], 10, "{run}");
+    // Row 12 replies to 11, which replies to 1: the self-cascade takes
+    // both, though the plan's one-level prediction saw only 11.
+    let removed_by_cycle = 12 - env.db.count("SELECT count(*) FROM parents").await - 10;
+    assert_eq!(removed_by_cycle, 2);
+    let expected =
+        serde_json::json!({"public.kids": 20, "public.grandkids": 10, "public.parents": 2});
+    assert_eq!(run.rule("parents")["cascaded"], expected, "{run}");
+    assert_eq!(env.db.count("SELECT count(*) FROM kids").await, 0);
+    assert_eq!(env.db.count("SELECT count(*) FROM notes").await, 4);
+    let key = retentiond::audit::key::load_public(&env.public_key).expect("public key");
+    let records = crate::chain::assert_valid(&env.db.pool, &key).await;
+    let outcome = crate::chain::of(&records, "run_outcome", "parents");
+    assert_eq!(outcome[0]["counts"]["cascaded"], expected);
+    assert_eq!(outcome[0]["counts"]["skipped"], serde_json::json!({}));
+}
+
+#[tokio::test]
+async fn trust_run_never_creates_the_audit_schema() {
+    let env = Env::unmigrated().await;
+    env.db
+        .exec("CREATE TABLE ev (id int PRIMARY KEY, at timestamptz); INSERT INTO ev VALUES (1, now() - interval '60 days');")
+        .await;
+    let cfg = env.config(&rule("ev", "ev", ""));
+    let run = json_cmd("run", &cfg, &[]);
+    assert_ne!(run.code, 0, "{run}");
+    assert!(run.stderr.contains("retentiond migrate"), "{run}");
+    assert_eq!(
+        env.db
+            .count("SELECT count(*) FROM pg_namespace WHERE nspname = 'retentiond'")
+            .await,
+        0,
+        "run created the schema"
+    );
+    assert_eq!(env.db.count("SELECT count(*) FROM ev").await, 1);
+    let migrate = retentiond(&["migrate", "-c", &cfg.display().to_string()], &[]);
+    assert_eq!(migrate.code, 0, "{migrate}");
+    let run = json_cmd("run", &cfg, &[]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(env.db.count("SELECT count(*) FROM ev").await, 0);
+}
+
+/// Kills a run with SIGKILL once its first batches are committed, then
+/// reruns: the dead run's `abandoned` outcome carries exactly what its
+/// batches removed, so the outcomes add up to the rows gone.
+#[tokio::test]
+async fn trust_a_killed_run_is_counted_exactly_by_the_next_one() {
+    let env = Env::new().await;
+    env.db
+        .exec(
+            "CREATE TABLE parents (id int PRIMARY KEY, at timestamptz);
+             CREATE TABLE kids (id int PRIMARY KEY, parent_id int REFERENCES parents ON DELETE CASCADE);
+             INSERT INTO parents SELECT g, now() - interval '60 days' FROM generate_series(1, 40000) g;
+             INSERT INTO kids SELECT g, g FROM generate_series(1, 40000) g;
+             CREATE INDEX ON kids (parent_id);",
+        )
+        .await;
+    // Small batches, each slowed by a trigger, so the kill lands mid-run.
+    env.db
+        .exec(
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $$;
+             CREATE TRIGGER slow AFTER DELETE ON parents FOR EACH STATEMENT EXECUTE FUNCTION slow();",
+        )
+        .await;
+    let cfg = env.config(&rule("parents", "parents", "batch_size = 500"));
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "-c", &cfg.display().to_string(), "--format", "json"])
+        .env("RETENTIOND_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let done = env
+            .db
+            .count("SELECT coalesce(max(affected), 0) FROM retentiond.run_progress")
+            .await;
+        if done >= 2000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run made no progress"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let gone_parents = 40000 - env.db.count("SELECT count(*) FROM parents").await;
+    let gone_kids = 40000 - env.db.count("SELECT count(*) FROM kids").await;
+    assert!(gone_parents > 0 && gone_parents < 40000, "{gone_parents}");
+    let rerun = json_cmd("run", &cfg, &[]);
+    assert_eq!(rerun.code, 0, "{rerun}");
+    assert_eq!(env.db.count("SELECT count(*) FROM parents").await, 0);
+    let key = retentiond::audit::key::load_public(&env.public_key).expect("public key");
+    let records = crate::chain::assert_valid(&env.db.pool, &key).await;
+    let outcomes = crate::chain::of(&records, "run_outcome", "parents");
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    assert_eq!(outcomes[0]["outcome"], "abandoned");
+    assert_eq!(outcomes[0]["counts"]["affected"], gone_parents);
+    assert_eq!(outcomes[0]["counts"]["cascaded"]["public.kids"], gone_kids);
+    let total: i64 = outcomes
+        .iter()
+        .map(|o| o["counts"]["affected"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 40000, "every removed row is counted once");
+    let kids: i64 = outcomes
+        .iter()
+        .map(|o| o["counts"]["cascaded"]["public.kids"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(kids, 40000);
+    assert_eq!(
+        env.db
+            .count("SELECT count(*) FROM retentiond.run_progress")
+            .await,
+        0,
+        "progress rows are dropped once recorded"
+    );
+}
+
+#[tokio::test]
+async fn trust_check_locates_settings_that_would_wait_forever_or_never_run() {
+    let env = Env::new().await;
+    for (extra, message) in [
+        ("lock_timeout = \"0s\"", "no timeout at all"),
+        ("statement_timeout = \"0s\"", "no timeout at all"),
+        ("schedule = \"0 0 0 30 2 *\"", "never fires"),
+    ] {
+        let cfg = env.config(&rule("ev", "ev", extra));
+        let check = retentiond(&["check", "-c", &cfg.display().to_string()], &[]);
+        assert_eq!(check.code, 2, "{extra}: {check}");
+        assert!(check.stderr.contains(message), "{extra}: {check}");
+        // Pointed at the line of the setting.
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let line = text.lines().position(|l| l == extra).unwrap() + 1;
+        assert!(
+            check.stderr.contains(&format!("retention.toml:{line}:")),
+            "{extra}: {check}"
+        );
+    }
+    let cfg = env.config(&rule("ev", "a.b.c", ""));
+    let check = retentiond(&["check", "-c", &cfg.display().to_string()], &[]);
+    assert_eq!(check.code, 2, "{check}");
+    assert!(
+        check.stderr.contains("invalid table name `a.b.c`"),
+        "{check}"
+    );
+    // Invalid UTF-8 on line 3.
+    let path = env.dir.path().join("latin1.toml");
+    std::fs::write(&path, b"version = 1\n\n# caf\xe9\n").unwrap();
+    let check = retentiond(&["check", "-c", &path.display().to_string()], &[]);
+    assert_eq!(check.code, 2, "{check}");
+    assert!(check.stderr.contains("latin1.toml:3:6"), "{check}");
+    assert!(check.stderr.contains("not valid UTF-8"), "{check}");
+}
+
+#[tokio::test]
+async fn trust_an_unwritable_mirror_stops_records_before_the_database_has_them() {
+    let env = Env::new().await;
+    env.db
+        .exec("CREATE TABLE ev (id int PRIMARY KEY, at timestamptz); INSERT INTO ev VALUES (1, now() - interval '60 days');")
+        .await;
+    let header = env.header().replace(
+        "[audit]\n",
+        &format!(
+            "[audit]\njsonl = \"{}/no-such-dir/audit.jsonl\"\n",
+            env.dir.path().display()
+        ),
+    );
+    let cfg = env.write(
+        "retention.toml",
+        &format!("{header}{}", rule("ev", "ev", "")),
+    );
+    for _ in 0..2 {
+        let run = json_cmd("run", &cfg, &[]);
+        assert_ne!(run.code, 0, "{run}");
+    }
+    assert_eq!(
+        env.db
+            .count("SELECT count(*) FROM retentiond.audit_log")
+            .await,
+        0
+    );
+    assert_eq!(env.db.count("SELECT count(*) FROM ev").await, 1);
+}

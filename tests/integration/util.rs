@@ -51,12 +51,21 @@ impl std::fmt::Display for Out {
 
 impl Env {
     pub async fn new() -> Env {
+        Env::with(TestDb::new().await)
+    }
+
+    /// An environment whose database `retentiond migrate` has not prepared.
+    pub async fn unmigrated() -> Env {
+        Env::with(TestDb::bare().await)
+    }
+
+    fn with(db: TestDb) -> Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let (key, public_key, _) =
             retentiond::audit::key::generate(&dir.path().join("keys")).expect("keygen");
         Env {
             dir,
-            db: TestDb::new().await,
+            db,
             key,
             public_key,
         }

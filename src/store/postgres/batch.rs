@@ -18,6 +18,7 @@
 
 use super::resolve::ResolvedRule;
 use sqlx::{PgConnection, Row};
+use std::collections::BTreeMap;
 
 /// What a counting scan found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -72,6 +73,77 @@ pub fn count_sql(rule: &ResolvedRule) -> String {
         age = rule.age_column,
         table = rule.table.quoted,
     )
+}
+
+/// Rows each table would lose through `ON DELETE CASCADE` if the rule ran
+/// now (`schema.table` → rows; tables that would lose none are left out).
+pub async fn count_cascaded(
+    conn: &mut PgConnection,
+    rule: &ResolvedRule,
+) -> Result<BTreeMap<String, i64>, sqlx::Error> {
+    let mut out = BTreeMap::new();
+    for c in &rule.cascaded {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*)::int8 FROM {} AS t WHERE {}",
+            c.quoted, c.removed
+        ))
+        .fetch_one(&mut *conn)
+        .await?;
+        if n > 0 {
+            out.insert(c.name.to_string(), n);
+        }
+    }
+    Ok(out)
+}
+
+/// PostgreSQL's count of rows deleted from each leaf of each table the
+/// rule cascades into (`pg_stat_get_xact_tuples_deleted`). Read at the start
+/// and the end of a batch's transaction: the difference is what the batch
+/// removed. Only the difference means anything: the counter also holds
+/// earlier transactions of the session not yet flushed to the statistics.
+pub async fn deleted_counters(
+    conn: &mut PgConnection,
+    rule: &ResolvedRule,
+) -> Result<Vec<i64>, sqlx::Error> {
+    if rule.cascaded.is_empty() {
+        return Ok(Vec::new());
+    }
+    let oids: Vec<i64> = rule
+        .cascaded
+        .iter()
+        .flat_map(|c| c.leaves.iter().map(|o| i64::from(*o)))
+        .collect();
+    sqlx::query_scalar(
+        "SELECT pg_stat_get_xact_tuples_deleted(o::oid)::int8 \
+         FROM unnest($1::int8[]) WITH ORDINALITY u(o, i) ORDER BY i",
+    )
+    .bind(&oids)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// Rows each cascaded table lost between two [`deleted_counters`]
+/// readings (`schema.table` → rows; none left out). `direct` rows the
+/// statement itself deleted are subtracted from the rule's own table, which
+/// appears only when a cascade cycles back to it.
+pub fn cascaded_between(
+    rule: &ResolvedRule,
+    before: &[i64],
+    after: &[i64],
+    direct: i64,
+) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    let mut deltas = after.iter().zip(before).map(|(a, b)| a - b);
+    for c in &rule.cascaded {
+        let mut n: i64 = deltas.by_ref().take(c.leaves.len()).sum();
+        if c.oid == rule.table.oid {
+            n -= direct;
+        }
+        if n > 0 {
+            out.insert(c.name.to_string(), n);
+        }
+    }
+    out
 }
 
 /// The tid of a page's first line pointer, `(block,0)`: window bounds.

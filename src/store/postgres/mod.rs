@@ -2,6 +2,7 @@
 //! introspection, rule SQL and batch statements.
 
 pub mod batch;
+pub mod progress;
 pub mod protect;
 pub mod resolve;
 pub mod schema;
@@ -72,4 +73,21 @@ impl PgStore {
         let skew = (clock - local).abs().to_std().unwrap_or(Duration::MAX);
         Ok(Clock { db_now, skew })
     }
+}
+
+/// Makes the transaction `tx` a plan's: read only, and waiting at most
+/// `lock_timeout` for a lock (a counting scan behind an ACCESS EXCLUSIVE
+/// lock fails fast instead of hanging the plan or the run).
+pub async fn begin_counting(
+    tx: &mut sqlx::PgConnection,
+    lock_timeout: Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SET TRANSACTION READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(format!("{}ms", lock_timeout.as_millis().max(1)))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
 }

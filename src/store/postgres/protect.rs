@@ -181,8 +181,10 @@ pub fn notes(tree: &CascadeTree) -> Vec<String> {
 /// A table that loses rows through cascades when the rule deletes.
 #[derive(Debug, Clone)]
 pub struct Cascaded {
-    /// The table.
+    /// The table, `schema.table`.
     pub name: TableName,
+    /// Its oid.
+    pub oid: u32,
     /// Its leaf relations, where deleted rows are counted.
     pub leaves: Vec<u32>,
     /// Its quoted name.
@@ -227,11 +229,12 @@ pub fn cascaded(tree: &CascadeTree, eligible: &str) -> Vec<Cascaded> {
                 )
             };
             let pred = child_removed("t");
-            match out.iter_mut().find(|(c, _)| c.name == edge.child.name) {
+            match out.iter_mut().find(|(c, _)| c.oid == edge.child.oid) {
                 Some((_, preds)) => preds.push(pred),
                 None => out.push((
                     Cascaded {
                         name: edge.child.name.clone(),
+                        oid: edge.child.oid,
                         leaves: edge.child.leaves.clone(),
                         quoted: edge.child.quoted.clone(),
                         removed: String::new(),
@@ -252,7 +255,7 @@ pub fn cascaded(tree: &CascadeTree, eligible: &str) -> Vec<Cascaded> {
     out.into_iter()
         .map(|(mut c, preds)| {
             c.removed = sql::any_of(&preds);
-            if c.name == tree.root.name {
+            if c.oid == tree.root.oid {
                 c.removed = format!("({} AND NOT {})", c.removed, root_removed("t"));
             }
             c

@@ -6,7 +6,7 @@
 //! guard whose column does not exist) is a [`TargetError`]: the run is
 //! refused rather than guessed.
 
-use super::protect::{self, CascadeTree};
+use super::protect::{self, CascadeTree, Cascaded};
 use super::schema::{self, AgeType, Field, SchemaError, TableInfo, TargetError};
 use super::sql::{self, ColumnKind};
 use crate::config::{Config, MaskSpec, MaskStrategy, TableAction, TableName, TableRule};
@@ -32,6 +32,8 @@ pub struct ResolvedRule {
     pub notes: Vec<String>,
     /// For delete rules: the tables the delete cascades into.
     pub tree: Option<CascadeTree>,
+    /// For delete rules: every table that loses rows through cascades.
+    pub cascaded: Vec<Cascaded>,
 }
 
 /// The masking half of a mask rule.
@@ -108,7 +110,7 @@ pub async fn resolve(
         TableAction::Mask(spec) => Some(mask_sql(&table, &rule.table, spec)?),
         TableAction::Delete => None,
     };
-    Ok(ResolvedRule {
+    let mut resolved = ResolvedRule {
         age_column: sql::quote_ident(&rule.age),
         table,
         leaves,
@@ -117,7 +119,12 @@ pub async fn resolve(
         mask,
         notes,
         tree: cascaded,
-    })
+        cascaded: Vec::new(),
+    };
+    if let Some(tree) = &resolved.tree {
+        resolved.cascaded = protect::cascaded(tree, &resolved.eligible());
+    }
+    Ok(resolved)
 }
 
 fn age_type(table: &TableInfo, name: &TableName, age: &str) -> Result<AgeType, TargetError> {

@@ -1,0 +1,136 @@
+//! A run's running totals, durable with its batches.
+//!
+//! A table rule writes its totals into `retentiond.run_progress` of the
+//! governed database inside each batch's transaction, so a batch and its
+//! count commit or vanish together. A blob rule writes them into the audit
+//! database after the store confirmed each delete call. When a run dies
+//! before its outcome record, the next run of the rule reads the row and
+//! records the dead run's exact counts (`engine::close_abandoned`).
+
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool, Row};
+use std::collections::BTreeMap;
+
+/// What a run has changed so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Rows changed (table rules) or objects deleted (blob rules).
+    pub affected: i64,
+    /// Objects deleted with rows (`blobs` rules).
+    pub objects: i64,
+    /// Bytes freed.
+    pub bytes: i64,
+    /// Batches committed.
+    pub batches: i64,
+    /// Rows other tables lost through cascades, by `schema.table`.
+    pub cascaded: BTreeMap<String, i64>,
+    /// Items kept because they could not be touched safely, by reason.
+    pub skipped: BTreeMap<String, i64>,
+}
+
+/// A dead or unrecorded run's row.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Its totals.
+    pub totals: Totals,
+    /// Set when the run ended but its outcome record failed: the outcome
+    /// it had, and the error.
+    pub unwritten: Option<(String, String)>,
+}
+
+/// True when `retentiond.run_progress` exists (`retentiond migrate` made it).
+pub async fn ready(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT to_regclass('retentiond.run_progress') IS NOT NULL")
+        .fetch_one(pool)
+        .await
+}
+
+/// Sets the run's totals (absolute values, so a retried write is harmless).
+pub async fn record(
+    conn: &mut PgConnection,
+    run_id: &str,
+    rule: &str,
+    t: &Totals,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO retentiond.run_progress AS p \
+             (run_id, rule, affected, objects, bytes, batches, cascaded, skipped, updated) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now()) \
+         ON CONFLICT (run_id) DO UPDATE SET affected = EXCLUDED.affected, objects = EXCLUDED.objects, \
+             bytes = EXCLUDED.bytes, batches = EXCLUDED.batches, cascaded = EXCLUDED.cascaded, \
+             skipped = EXCLUDED.skipped, updated = now()",
+    )
+    .bind(run_id)
+    .bind(rule)
+    .bind(t.affected)
+    .bind(t.objects)
+    .bind(t.bytes)
+    .bind(t.batches)
+    .bind(Json(&t.cascaded))
+    .bind(Json(&t.skipped))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The row of `run_id`, if the run wrote one.
+pub async fn read(pool: &PgPool, run_id: &str) -> Result<Option<Found>, sqlx::Error> {
+    let Some(r) = sqlx::query(
+        "SELECT affected, objects, bytes, batches, cascaded, skipped, outcome, outcome_error \
+         FROM retentiond.run_progress WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_optional(pool)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let Json(cascaded): Json<BTreeMap<String, i64>> = r.try_get("cascaded")?;
+    let Json(skipped): Json<BTreeMap<String, i64>> = r.try_get("skipped")?;
+    let outcome: Option<String> = r.try_get("outcome")?;
+    let error: Option<String> = r.try_get("outcome_error")?;
+    Ok(Some(Found {
+        totals: Totals {
+            affected: r.try_get("affected")?,
+            objects: r.try_get("objects")?,
+            bytes: r.try_get("bytes")?,
+            batches: r.try_get("batches")?,
+            cascaded,
+            skipped,
+        },
+        unwritten: outcome.map(|o| (o, error.unwrap_or_default())),
+    }))
+}
+
+/// Notes that the run ended with `outcome` but its record failed (`error`),
+/// with its final totals.
+pub async fn mark_unwritten(
+    pool: &PgPool,
+    run_id: &str,
+    rule: &str,
+    totals: &Totals,
+    outcome: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    record(&mut conn, run_id, rule, totals).await?;
+    sqlx::query(
+        "UPDATE retentiond.run_progress SET outcome = $2, outcome_error = $3 WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .bind(outcome)
+    .bind(error)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Drops the row once the run's outcome record is written.
+pub async fn forget(pool: &PgPool, run_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM retentiond.run_progress WHERE run_id = $1")
+        .bind(run_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
