@@ -1,18 +1,26 @@
 //! A directory tree as a blob store: keys are `/`-separated paths relative
 //! to `root`, the age is the file's mtime.
 //!
-//! Nothing outside `root` is ever reached: keys with `..` or `.` segments,
-//! absolute keys and NUL bytes are refused, and symbolic links are never
-//! followed (they are listed as locked, "symbolic link", and never deleted:
-//! neither the link nor what it points at). Directories emptied by a delete
-//! are removed, up to (not including) the top of the listed prefix.
+//! Nothing outside `root` may ever be reached, and a symbolic link in any
+//! component of a path below it could lead out (or alias another key), so
+//! the kernel never resolves a path of more than one name below the root:
+//! each directory is opened from its parent's handle, one name at a time,
+//! and checked not to be a link. A key or prefix that would cross a link, even
+//! one pointing back inside, or that is not a plain relative path, is
+//! skipped and never touched. Links found while listing are listed as
+//! locked and are never followed or deleted. The root itself is opened by
+//! its configured path, which may be a link: that is the operator's choice.
+//! Directories emptied by a delete are removed up to (not including) the
+//! root, through the same handles.
 
 use super::blob::{BlobMeta, BlobRef, BlobStore, StoreError};
+use cap_std::fs::{Dir, Metadata, MetadataExt};
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
 
 /// Files under a root directory.
@@ -20,6 +28,70 @@ use std::path::{Path, PathBuf};
 pub struct FsStore {
     name: String,
     root: PathBuf,
+}
+
+/// What a name in a directory is, seen without following it.
+enum Sub {
+    /// A directory, opened.
+    Dir(Dir),
+    /// A symbolic link (or a directory swapped for one while it was opened).
+    Link,
+    /// Nothing, or not a directory.
+    Absent,
+}
+
+/// Opens `name` in `dir` if it is a directory, never through a link.
+fn open_sub(dir: &Dir, name: &str) -> io::Result<Sub> {
+    let before = match dir.symlink_metadata(name) {
+        Ok(m) => m,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Sub::Absent),
+        Err(e) => return Err(e),
+    };
+    if before.is_symlink() {
+        return Ok(Sub::Link);
+    }
+    if !before.is_dir() {
+        return Ok(Sub::Absent);
+    }
+    // `open_dir` stays beneath `dir` but would follow a link swapped in since
+    // the look above; finding the same inode proves it did not.
+    let sub = match dir.open_dir(name) {
+        Ok(d) => d,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Sub::Absent),
+        Err(e) => return Err(e),
+    };
+    let after = sub.dir_metadata()?;
+    if (after.dev(), after.ino()) != (before.dev(), before.ino()) {
+        return Ok(Sub::Link);
+    }
+    Ok(Sub::Dir(sub))
+}
+
+fn skipped(reason: &'static str, detail: String) -> StoreError {
+    StoreError::Skipped { reason, detail }
+}
+
+/// The segments of `key`, or why it is not a plain relative path.
+fn segments(key: &str) -> Result<Vec<&str>, StoreError> {
+    // Checked on the text: an empty segment (`a//b`, a leading `/`) would
+    // alias another key or leave the root.
+    if key.contains('\0')
+        || key
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(skipped(
+            "bad_key",
+            format!("key {key:?} is not a plain relative path (empty, `.` or `..` segment, leading `/` or NUL)"),
+        ));
+    }
+    Ok(key.split('/').collect())
+}
+
+fn mtime(meta: &Metadata) -> DateTime<Utc> {
+    meta.modified()
+        .map(|t| DateTime::from(t.into_std()))
+        .unwrap_or_else(|_| Utc::now())
 }
 
 impl FsStore {
@@ -31,80 +103,96 @@ impl FsStore {
         }
     }
 
-    /// The path of `key`, or why it would leave the root.
-    fn path_of(&self, key: &str) -> Result<PathBuf, StoreError> {
-        if key.is_empty() || key.contains('\0') || key.starts_with('/') {
-            return Err(StoreError::Refused(format!(
-                "key {key:?} is not a relative path under the root"
-            )));
+    fn io_error(&self, key: &str, e: io::Error) -> StoreError {
+        StoreError::Other(format!("{}/{key}: {e}", self.root.display()))
+    }
+
+    /// The root, opened by its configured path; None if it does not exist.
+    fn open_root(&self) -> Result<Option<Dir>, StoreError> {
+        match Dir::open_ambient_dir(&self.root, cap_std::ambient_authority()) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io_error("", e)),
         }
-        // Checked on the text: Path::components drops interior `.` segments,
-        // and an empty segment (`a//b`) would alias another key.
-        if key
-            .split('/')
-            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-        {
-            return Err(StoreError::Refused(format!(
-                "key {key:?} has an empty, `.` or `..` segment"
-            )));
+    }
+
+    /// The directories `segs[..=i]` beneath `root`, each opened from the one
+    /// before; None if one does not exist or is not a directory.
+    fn open_path(&self, root: &Dir, segs: &[&str]) -> Result<Option<Vec<Dir>>, StoreError> {
+        let mut dirs: Vec<Dir> = Vec::with_capacity(segs.len());
+        for (i, seg) in segs.iter().enumerate() {
+            let path = segs[..=i].join("/");
+            match open_sub(dirs.last().unwrap_or(root), seg).map_err(|e| self.io_error(&path, e))? {
+                Sub::Dir(d) => dirs.push(d),
+                Sub::Absent => return Ok(None),
+                Sub::Link => {
+                    return Err(skipped(
+                        "symlink",
+                        format!("{path} is a symbolic link; nothing through it is touched"),
+                    ))
+                }
+            }
         }
-        Ok(self.root.join(key))
+        Ok(Some(dirs))
     }
 
     fn walk(&self, prefix: &str) -> Result<Vec<BlobMeta>, StoreError> {
-        // The deepest directory the prefix names completely; files below it
-        // are filtered by the full prefix string.
-        let dir_part = match prefix.rfind('/') {
-            Some(i) => &prefix[..i],
-            None => "",
+        // The deepest directory the prefix names completely; what is below it
+        // is filtered by the full prefix string.
+        let base = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+        let Some(root) = self.open_root()? else {
+            return Ok(Vec::new());
         };
-        let start = if dir_part.is_empty() {
-            self.root.clone()
+        let start = if base.is_empty() {
+            Some(root)
         } else {
-            self.path_of(dir_part)?
+            self.open_path(&root, &segments(base)?)?
+                .and_then(|mut dirs| dirs.pop())
         };
         let mut out = Vec::new();
-        let mut stack = vec![start];
-        while let Some(dir) = stack.pop() {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StoreError::Other(format!("{}: {e}", dir.display()))),
-            };
+        let mut stack: Vec<(Dir, String)> =
+            start.map(|d| (d, base.to_string())).into_iter().collect();
+        while let Some((dir, dir_key)) = stack.pop() {
+            let entries = dir.entries().map_err(|e| self.io_error(&dir_key, e))?;
             for entry in entries {
-                let entry =
-                    entry.map_err(|e| StoreError::Other(format!("{}: {e}", dir.display())))?;
-                let path = entry.path();
-                // symlink_metadata: never follow a link.
-                let meta = std::fs::symlink_metadata(&path)
-                    .map_err(|e| StoreError::Other(format!("{}: {e}", path.display())))?;
-                let Some(key) = self.key_of(&path) else {
+                let entry = entry.map_err(|e| self.io_error(&dir_key, e))?;
+                // A name that is not UTF-8 has no key.
+                let Ok(name) = entry.file_name().into_string() else {
                     continue;
                 };
+                let key = if dir_key.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{dir_key}/{name}")
+                };
+                let meta = match dir.symlink_metadata(&name) {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(self.io_error(&key, e)),
+                };
                 if meta.is_dir() {
-                    if prefix.starts_with(&format!("{key}/"))
+                    let relevant = prefix.starts_with(&format!("{key}/"))
                         || key.starts_with(prefix)
-                        || format!("{key}/").starts_with(prefix)
-                    {
-                        stack.push(path);
+                        || format!("{key}/").starts_with(prefix);
+                    if relevant {
+                        if let Sub::Dir(sub) =
+                            open_sub(&dir, &name).map_err(|e| self.io_error(&key, e))?
+                        {
+                            stack.push((sub, key));
+                        }
                     }
                     continue;
                 }
                 if !key.starts_with(prefix) {
                     continue;
                 }
-                let last_modified: DateTime<Utc> = meta
-                    .modified()
-                    .map(DateTime::from)
-                    .unwrap_or_else(|_| Utc::now());
                 let locked = meta
-                    .file_type()
                     .is_symlink()
                     .then(|| "symbolic link: never followed or deleted".to_string());
                 out.push(BlobMeta {
                     key,
                     version: None,
-                    last_modified,
+                    last_modified: mtime(&meta),
                     size: meta.len(),
                     is_latest: true,
                     delete_marker: false,
@@ -117,53 +205,59 @@ impl FsStore {
         Ok(out)
     }
 
-    /// The key of a path under the root (None for a name that is not UTF-8).
-    fn key_of(&self, path: &Path) -> Option<String> {
-        let rel = path.strip_prefix(&self.root).ok()?;
-        let parts: Option<Vec<&str>> = rel.components().map(|c| c.as_os_str().to_str()).collect();
-        Some(parts?.join("/"))
+    fn delete_all(&self, items: &[BlobRef]) -> Vec<Result<(), StoreError>> {
+        match self.open_root() {
+            Ok(Some(root)) => items.iter().map(|i| self.delete_one(&root, i)).collect(),
+            // No root: everything is already gone.
+            Ok(None) => vec![Ok(()); items.len()],
+            Err(e) => vec![Err(e); items.len()],
+        }
     }
 
-    fn delete_one(&self, item: &BlobRef) -> Result<(), StoreError> {
-        let path = self.path_of(&item.key)?;
-        match std::fs::symlink_metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(StoreError::Other(format!("{}: {e}", path.display()))),
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(StoreError::Refused(format!(
-                    "{} is a symbolic link; links are never deleted",
-                    item.key
-                )))
-            }
-            Ok(m) if m.is_dir() => {
-                return Err(StoreError::Refused(format!("{} is a directory", item.key)))
-            }
-            Ok(m) => {
-                let modified: DateTime<Utc> = m
-                    .modified()
-                    .map(DateTime::from)
-                    .unwrap_or_else(|_| Utc::now());
-                if modified > item.listed_modified {
-                    return Err(StoreError::Refused(format!(
-                        "{} was modified after it was listed; kept",
-                        item.key
-                    )));
-                }
-            }
+    fn delete_one(&self, root: &Dir, item: &BlobRef) -> Result<(), StoreError> {
+        let key = &item.key;
+        let segs = segments(key)?;
+        let Some((name, parents)) = segs.split_last() else {
+            return Err(skipped("bad_key", format!("key {key:?} is empty")));
+        };
+        // A missing parent means the file is gone too.
+        let Some(dirs) = self.open_path(root, parents)? else {
+            return Ok(());
+        };
+        let parent = dirs.last().unwrap_or(root);
+        let meta = match parent.symlink_metadata(name) {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.io_error(key, e)),
+        };
+        if meta.is_symlink() {
+            return Err(skipped(
+                "symlink",
+                format!("{key} is a symbolic link; links are never deleted"),
+            ));
         }
-        match std::fs::remove_file(&path) {
+        if meta.is_dir() {
+            return Err(StoreError::Refused(format!("{key} is a directory")));
+        }
+        if mtime(&meta) > item.listed_modified {
+            return Err(skipped(
+                "modified",
+                format!("{key} was modified after it was listed; kept"),
+            ));
+        }
+        match parent.remove_file(name) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(StoreError::Other(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(self.io_error(key, e)),
         }
-        // Tidy emptied directories up to the root (remove_dir fails on a
-        // non-empty one, which ends the climb).
-        let mut dir = path.parent().map(Path::to_path_buf);
-        while let Some(d) = dir {
-            if d == self.root || !d.starts_with(&self.root) || std::fs::remove_dir(&d).is_err() {
+        // Tidy emptied directories, deepest first, each removed from its
+        // parent's handle (remove_dir fails on a non-empty one, or on a link,
+        // which ends the climb).
+        for i in (0..dirs.len()).rev() {
+            let up = if i == 0 { root } else { &dirs[i - 1] };
+            if up.remove_dir(parents[i]).is_err() {
                 break;
             }
-            dir = d.parent().map(Path::to_path_buf);
         }
         Ok(())
     }
@@ -201,7 +295,7 @@ impl BlobStore for FsStore {
             let store = self.clone();
             let items = items.to_vec();
             let n = items.len();
-            tokio::task::spawn_blocking(move || items.iter().map(|i| store.delete_one(i)).collect())
+            tokio::task::spawn_blocking(move || store.delete_all(&items))
                 .await
                 .unwrap_or_else(|e| vec![Err(StoreError::Other(e.to_string())); n])
         })
@@ -229,24 +323,53 @@ impl BlobStore for FsStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn fs_keys_never_leave_the_root() {
-        let s = FsStore::new("s", Path::new("/data"));
-        for bad in [
-            "../etc/passwd",
-            "a/../../b",
+    /// The `Skipped` reason of a result, if it is one.
+    fn skip_reason<T>(r: &Result<T, StoreError>) -> Option<&'static str> {
+        match r {
+            Err(StoreError::Skipped { reason, .. }) => Some(reason),
+            _ => None,
+        }
+    }
+
+    fn item(key: &str) -> BlobRef {
+        BlobRef {
+            key: key.to_string(),
+            version: None,
+            size: 0,
+            listed_modified: Utc::now(),
+            pending: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn fs_keys_never_leave_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(dir.path().join("victim"), "precious").unwrap();
+        std::fs::write(root.join("a/b/f.txt"), "f").unwrap();
+        let s = FsStore::new("s", &root);
+        let bad = [
+            "../victim",
+            "a/../../victim",
             "/etc/passwd",
-            "a/./b",
-            "a//b",
+            "a/./b/f.txt",
+            "a//b/f.txt",
             "",
             "a\0b",
-        ] {
-            assert!(s.path_of(bad).is_err(), "{bad:?}");
+            "a/b/",
+        ];
+        let items: Vec<BlobRef> = bad.iter().map(|k| item(k)).collect();
+        for (key, r) in bad.iter().zip(s.delete(&items).await) {
+            assert_eq!(skip_reason(&r), Some("bad_key"), "{key:?}: {r:?}");
         }
-        assert_eq!(
-            s.path_of("workspaces/w1/f.txt").unwrap(),
-            Path::new("/data/workspaces/w1/f.txt")
-        );
+        for prefix in ["../", "a/../b/", "a//b/", "/etc/", "./a/"] {
+            let listed: Vec<_> = s.list(prefix).collect().await;
+            assert_eq!(listed.len(), 1, "{prefix:?}: {listed:?}");
+            assert_eq!(skip_reason(&listed[0]), Some("bad_key"), "{prefix:?}");
+        }
+        assert!(dir.path().join("victim").exists());
+        assert!(root.join("a/b/f.txt").exists());
     }
 
     #[tokio::test]
@@ -277,7 +400,11 @@ mod tests {
         let items: Vec<BlobRef> = listed.iter().map(|m| BlobRef::to(m, None)).collect();
         let results = s.delete(&items).await;
         assert!(results[0].is_ok() && results[2].is_ok());
-        assert!(results[1].is_err(), "a link is never deleted");
+        assert_eq!(
+            skip_reason(&results[1]),
+            Some("symlink"),
+            "a link is never deleted"
+        );
         assert_eq!(std::fs::read_to_string(&outside).unwrap(), "precious");
         assert!(
             !root.join("workspaces/w1/sub").exists(),
@@ -288,5 +415,71 @@ mod tests {
             "already gone is success"
         );
         assert!(root.join("other/c.txt").exists());
+        // A file written after it was listed stays.
+        std::fs::write(root.join("other/c.txt"), "c2").unwrap();
+        let stale = BlobRef {
+            listed_modified: Utc::now() - chrono::Duration::hours(1),
+            ..item("other/c.txt")
+        };
+        assert_eq!(skip_reason(&s.delete(&[stale]).await[0]), Some("modified"));
+        assert!(root.join("other/c.txt").exists());
+    }
+
+    /// `root/docs/out -> outside/` (holding secret.txt) and
+    /// `root/docs/in -> root/real/` (holding f.txt).
+    fn linked_tree() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("docs")).unwrap();
+        std::fs::create_dir_all(root.join("real")).unwrap();
+        std::fs::create_dir_all(outside.join("sub")).unwrap();
+        std::fs::write(outside.join("secret.txt"), "secret").unwrap();
+        std::fs::write(outside.join("sub/deep.txt"), "deep").unwrap();
+        std::fs::write(root.join("real/f.txt"), "f").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("docs/out")).unwrap();
+        std::os::unix::fs::symlink(root.join("real"), root.join("docs/in")).unwrap();
+        (dir, root, outside)
+    }
+
+    #[tokio::test]
+    async fn fs_never_deletes_through_a_directory_link() {
+        let (_dir, root, outside) = linked_tree();
+        let s = FsStore::new("s", &root);
+        let keys = [
+            "docs/out/secret.txt",
+            "docs/out/sub/deep.txt",
+            "docs/in/f.txt",
+            "docs/out",
+        ];
+        let items: Vec<BlobRef> = keys.iter().map(|k| item(k)).collect();
+        for (key, r) in keys.iter().zip(s.delete(&items).await) {
+            assert_eq!(skip_reason(&r), Some("symlink"), "{key}: {r:?}");
+        }
+        assert!(outside.join("secret.txt").exists());
+        assert!(outside.join("sub/deep.txt").exists());
+        assert!(
+            root.join("real/f.txt").exists(),
+            "a link inside is not crossed either"
+        );
+        assert!(root.join("docs/out").symlink_metadata().is_ok());
+        assert!(root.join("docs/in").symlink_metadata().is_ok());
+    }
+
+    #[tokio::test]
+    async fn fs_lists_nothing_through_a_directory_link() {
+        let (_dir, root, _outside) = linked_tree();
+        let s = FsStore::new("s", &root);
+        for prefix in ["docs/out/", "docs/out/sub/", "docs/out/se", "docs/in/"] {
+            let listed: Vec<_> = s.list(prefix).collect().await;
+            assert_eq!(listed.len(), 1, "{prefix}: {listed:?}");
+            assert_eq!(skip_reason(&listed[0]), Some("symlink"), "{prefix}");
+        }
+        // Walking into docs/ lists the links themselves, never their targets.
+        let mut keys: Vec<String> = s.list("docs/").map(|r| r.unwrap().key).collect().await;
+        keys.sort();
+        assert_eq!(keys, ["docs/in", "docs/out"]);
+        let missing: Vec<_> = s.list("nowhere/").collect().await;
+        assert!(missing.is_empty(), "a missing directory lists nothing");
     }
 }

@@ -265,3 +265,78 @@ async fn blob_rows_go_with_their_objects_first_and_a_rerun_finishes() {
     let outcome = chain::of(&records, "run_outcome", "deleted-data-sources")[0];
     assert_eq!(outcome["counts"]["objects"], 2);
 }
+
+#[tokio::test]
+async fn blob_directory_links_below_the_root_are_never_crossed() {
+    let env = Env::new().await;
+    let root = env.dir.path().join("uploads");
+    let outside = env.dir.path().join("outside");
+    let outside2 = env.dir.path().join("outside2");
+    let outside3 = env.dir.path().join("outside3");
+    file(&outside, "secret.txt", "secret", "3 hours ago");
+    file(&outside2, "x.txt", "x", "3 hours ago");
+    file(&outside2, "sub/y.txt", "y", "3 hours ago");
+    file(&outside3, "z.txt", "z", "3 hours ago");
+    file(&root, "docs/real.txt", "r", "3 hours ago");
+    file(&root, "ws/keep.txt", "k", "3 hours ago");
+    file(&root, "tmp/old.txt", "o", "3 hours ago");
+    file(&root, "tmp/deep/old.txt", "o", "3 hours ago");
+    std::os::unix::fs::symlink(&outside, root.join("docs/link")).unwrap();
+    std::os::unix::fs::symlink(&outside2, root.join("ws/link2")).unwrap();
+    std::os::unix::fs::symlink(&outside3, root.join("tmp/link3")).unwrap();
+    let store = format!(
+        "[stores.uploads]\ntype = \"filesystem\"\nroot = \"{}\"\n\n",
+        root.display()
+    );
+
+    // A plain prefix walk meets a directory link: it goes, the link and its
+    // target stay.
+    let cfg = env.config(&format!(
+        "{store}[[rules]]\nname = \"tmp-1h\"\nstore = \"uploads\"\nprefix = \"tmp/\"\nkeep = \"1h\"\naction = \"delete\"\nmax_fraction = 1.0\n"
+    ));
+    let run = json_cmd("run", &cfg, &[]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        !root.join("tmp/old.txt").exists() && !root.join("tmp/deep").exists(),
+        "{run}"
+    );
+    assert!(root.join("tmp/link3").symlink_metadata().is_ok());
+    assert_eq!(
+        std::fs::read_to_string(outside3.join("z.txt")).unwrap(),
+        "z"
+    );
+
+    // A row's key and a rule's prefix through a directory link: nothing
+    // outside the root is touched, whatever the engine makes of it.
+    env.db
+        .exec(
+            "CREATE TABLE docs (id int primary key, created_at timestamptz, blob_key text);
+             INSERT INTO docs VALUES (1, now() - interval '2 hours', 'docs/link/secret.txt'),
+                                     (2, now() - interval '2 hours', 'docs/real.txt');",
+        )
+        .await;
+    let cfg = env.config(&format!(
+        "{store}[[rules]]\nname = \"docs-1h\"\nstore = \"app\"\ntable = \"docs\"\nage = \"created_at\"\nkeep = \"1h\"\naction = \"delete\"\nmax_fraction = 1.0\n\
+         blobs = {{ store = \"uploads\", key_column = \"blob_key\" }}\n\n\
+         [[rules]]\nname = \"ws-link-1h\"\nstore = \"uploads\"\nprefix = \"ws/link2/\"\nkeep = \"1h\"\naction = \"delete\"\nmax_fraction = 1.0\n"
+    ));
+    let run = json_cmd("run", &cfg, &[]);
+    for (path, content) in [
+        (outside.join("secret.txt"), "secret"),
+        (outside2.join("x.txt"), "x"),
+        (outside2.join("sub/y.txt"), "y"),
+    ] {
+        assert_eq!(
+            std::fs::read_to_string(&path).ok().as_deref(),
+            Some(content),
+            "{} is outside the root: {run}",
+            path.display()
+        );
+    }
+    assert!(root.join("docs/link").symlink_metadata().is_ok());
+    assert!(root.join("ws/link2").symlink_metadata().is_ok());
+    assert!(
+        root.join("ws/keep.txt").exists(),
+        "outside the rule's prefix"
+    );
+}
