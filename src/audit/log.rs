@@ -92,6 +92,54 @@ pub async fn is_migrated(pool: &PgPool) -> Result<bool, AuditError> {
     Ok(MIGRATOR.iter().all(|m| applied.contains(&m.version)))
 }
 
+/// What the connected role could do to the audit log beyond appending.
+/// Any `true` means the log's integrity rests on the signatures alone: the
+/// runtime role should hold none of these (docs/runtime-grants.sql).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct AuditRights {
+    /// UPDATE on audit_log (the trigger still rejects it).
+    pub update: bool,
+    /// DELETE on audit_log (the trigger still rejects it).
+    pub delete: bool,
+    /// TRUNCATE on audit_log (the trigger still rejects it).
+    pub truncate: bool,
+    /// Owns the table or schema, or is a superuser: can disable the
+    /// triggers, or drop and recreate the log.
+    pub disable_triggers: bool,
+}
+
+impl AuditRights {
+    /// True when the role could rewrite the log.
+    pub fn any(&self) -> bool {
+        self.update || self.delete || self.truncate || self.disable_triggers
+    }
+}
+
+/// The connected role's rights on `retentiond.audit_log` (None when the
+/// schema does not exist yet).
+pub async fn audit_rights(pool: &PgPool) -> Result<Option<AuditRights>, AuditError> {
+    let row = sqlx::query(
+        "SELECT has_table_privilege(c.oid, 'UPDATE') AS upd, \
+                has_table_privilege(c.oid, 'DELETE') AS del, \
+                has_table_privilege(c.oid, 'TRUNCATE') AS trunc, \
+                (r.rolsuper OR pg_has_role(c.relowner, 'USAGE') OR pg_has_role(n.nspowner, 'USAGE')) AS owner \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_roles r ON r.rolname = current_user \
+         WHERE c.oid = to_regclass('retentiond.audit_log')",
+    )
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    Ok(Some(AuditRights {
+        update: row.try_get("upd")?,
+        delete: row.try_get("del")?,
+        truncate: row.try_get("trunc")?,
+        disable_triggers: row.try_get("owner")?,
+    }))
+}
+
 impl AuditLog {
     /// Opens the log. Never creates or alters the schema (that is
     /// `retentiond migrate`, as an admin role): the runtime role must not

@@ -54,6 +54,9 @@ pub async fn run(path: &Path, online: bool) -> i32 {
             }
         };
         check_store(&config, name, &mut conn, &mut problems, &mut notes).await;
+        if config.audit.as_ref().is_some_and(|a| &a.store == name) {
+            notes.push(audit_rights_note(name, &pg.pool).await);
+        }
     }
     stores.close().await;
     for note in &notes {
@@ -79,6 +82,34 @@ pub async fn run(path: &Path, online: bool) -> i32 {
     }
     println!("ok  {summary} (checked online)");
     exit::OK
+}
+
+/// What the configured role could do to the audit log beyond appending.
+async fn audit_rights_note(store: &str, pool: &sqlx::PgPool) -> String {
+    match crate::audit::log::audit_rights(pool).await {
+        Ok(None) => format!("audit store `{store}`: schema `retentiond` does not exist yet; run `retentiond migrate` as an admin role"),
+        Ok(Some(r)) if !r.any() => format!(
+            "audit store `{store}`: this role can append to the audit log but cannot update, delete, truncate it or disable its triggers"
+        ),
+        Ok(Some(r)) => {
+            let mut can = Vec::new();
+            for (yes, what) in [
+                (r.update, "update"),
+                (r.delete, "delete"),
+                (r.truncate, "truncate"),
+                (r.disable_triggers, "disable the append-only triggers (owner or superuser)"),
+            ] {
+                if yes {
+                    can.push(what);
+                }
+            }
+            format!(
+                "audit store `{store}`: WARNING this role could {} the audit log; run with a role that has only docs/runtime-grants.sql (signatures still reveal any rewrite)",
+                can.join(", ")
+            )
+        }
+        Err(e) => format!("audit store `{store}`: could not read this role's rights on the audit log: {e}"),
+    }
 }
 
 /// The bucket, container or directory exists and is the expected account's:

@@ -564,6 +564,13 @@ pub async fn record_config(
     );
     fields.insert("host".into(), host().into());
     fields.insert("command".into(), command.into());
+    // Whether the role writing this log could also rewrite it: an auditor
+    // reads here what the chain's integrity rests on.
+    let rights = match crate::audit::log::audit_rights(audit.pool()).await {
+        Ok(Some(r)) => serde_json::to_value(r).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    fields.insert("audit_rights".into(), rights);
     audit
         .append(&Event {
             kind: "config_loaded",

@@ -121,6 +121,36 @@ async fn audit_migrate_is_idempotent_and_runtime_role_needs_no_ddl() {
     let run = json_cmd("run", &cfg, &[]);
     assert_eq!(run.code, 0, "{run}");
     assert_eq!(run.rule("r")["affected"], 3);
+    // check --online says so, and so does the signed config_loaded record.
+    let check = retentiond(
+        &["check", "--online", "-c", &cfg.display().to_string()],
+        &[],
+    );
+    assert!(
+        check
+            .stdout
+            .contains("cannot update, delete, truncate it or disable its triggers"),
+        "{check}"
+    );
+    let admin_cfg = env.config("");
+    let check = retentiond(
+        &["check", "--online", "-c", &admin_cfg.display().to_string()],
+        &[],
+    );
+    assert!(
+        check
+            .stdout
+            .contains("WARNING this role could update, delete, truncate, disable"),
+        "{check}"
+    );
+    let rights: Vec<String> = env
+        .db
+        .strings("SELECT (record::jsonb -> 'audit_rights')::text FROM retentiond.audit_log WHERE kind = 'config_loaded'")
+        .await;
+    assert_eq!(
+        rights,
+        [r#"{"delete": false, "update": false, "truncate": false, "disable_triggers": false}"#]
+    );
     // And it cannot rewrite the log: no UPDATE, DELETE, TRUNCATE, nor the
     // ownership that would let it disable the triggers.
     let runtime = sqlx::PgPool::connect(&url)
