@@ -1,10 +1,16 @@
 //! An S3 bucket (AWS or an S3-compatible server), through `aws-sdk-s3`.
 //!
-//! * Listing is ListObjectVersions (every version and delete marker; a
-//!   version `null`, written while versioning was off, is mapped to "no
-//!   version"), or ListObjectsV2 on a bucket that never had versioning
-//!   (cheaper, same objects), then ListMultipartUploads, page by page, as
-//!   a stream.
+//! * Listing is ListObjectVersions (every version and delete marker), or
+//!   ListObjectsV2 on a bucket that GetBucketVersioning says never had
+//!   versioning (cheaper, same objects; its items have no version, and are
+//!   deleted and read by key), then ListMultipartUploads, page by page, as
+//!   a stream. Any doubt about versioning lists versions.
+//! * The version id `null` (an object written before versioning was
+//!   enabled, or while it was suspended, and a marker written while
+//!   suspended) is kept as the version `null`, like any other id: a
+//!   version-less delete on a versioned bucket only adds a delete marker
+//!   and leaves that version's data in place, so it is deleted, and its
+//!   lock and metadata read, by `VersionId=null`.
 //! * Deleting is DeleteObjects, up to 1000 keys per call, several calls in
 //!   flight; the reply's per-key errors become per-item errors. Incomplete
 //!   uploads are aborted with AbortMultipartUpload.
@@ -143,7 +149,7 @@ impl S3Store {
         for v in page.versions() {
             out.push(BlobMeta {
                 key: v.key().unwrap_or_default().to_string(),
-                version: version_of(v.version_id()),
+                version: v.version_id().map(str::to_string),
                 last_modified: time(v.last_modified()),
                 size: v.size().unwrap_or(0).max(0) as u64,
                 is_latest: v.is_latest().unwrap_or(false),
@@ -156,7 +162,7 @@ impl S3Store {
         for m in page.delete_markers() {
             out.push(BlobMeta {
                 key: m.key().unwrap_or_default().to_string(),
-                version: version_of(m.version_id()),
+                version: m.version_id().map(str::to_string),
                 last_modified: time(m.last_modified()),
                 size: 0,
                 is_latest: m.is_latest().unwrap_or(false),
@@ -231,7 +237,16 @@ impl S3Store {
                     .set_expected_bucket_owner(self.expected_owner.clone())
                     .send()
                     .await;
-                !matches!(answer, Ok(out) if out.status().is_none())
+                match answer {
+                    Ok(out) => out.status().is_some(),
+                    // A reply the SDK could not read may still plainly say
+                    // "never enabled" (moto names its root element
+                    // GetBucketVersioningResponse).
+                    Err(e) => !e.raw_response().is_some_and(|r| {
+                        r.status().as_u16() == 200
+                            && r.body().bytes().is_some_and(says_never_versioned)
+                    }),
+                }
             })
             .await
     }
@@ -308,7 +323,8 @@ impl S3Store {
             .await
     }
 
-    /// Lock state and (when asked) user metadata of one version.
+    /// Lock state and (when asked) user metadata of one version, by its id
+    /// (`null` included: without one, HeadObject reads the latest).
     async fn head(&self, item: &mut BlobMeta, metadata: bool) -> Result<(), StoreError> {
         let answer = self
             .client()
@@ -394,22 +410,9 @@ impl S3Store {
                 "NoSuchKey" | "NoSuchVersion" => continue,
                 _ => StoreError::Other(message),
             };
-            let version = e.version_id().filter(|v| *v != "null");
-            failed.insert((e.key().unwrap_or_default(), version), error);
+            failed.insert((e.key().unwrap_or_default(), e.version_id()), error);
         }
-        // An error that names no version (moto's do not) counts against
-        // every version of its key in this call: never report a success
-        // that may not have happened.
-        items
-            .iter()
-            .map(|i| {
-                let exact = failed.get(&(i.key.as_str(), i.version.as_deref()));
-                match exact.or_else(|| failed.get(&(i.key.as_str(), None))) {
-                    Some(e) => Err(e.clone()),
-                    None => Ok(()),
-                }
-            })
-            .collect()
+        per_item(items, &failed)
     }
 
     async fn abort_upload(&self, item: &BlobRef) -> Result<(), StoreError> {
@@ -463,10 +466,58 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// S3 names "no version" (an unversioned bucket, or one written before
-/// versioning was enabled) `null`.
-fn version_of(id: Option<&str>) -> Option<String> {
-    id.filter(|v| *v != "null").map(str::to_string)
+/// Whether a GetBucketVersioning reply body is one XML element, named as
+/// S3 or moto name it, with no Status in it: versioning was never enabled.
+/// Anything else is doubt.
+fn says_never_versioned(body: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return false;
+    };
+    let text = text.trim();
+    let text = match text.strip_prefix("<?xml") {
+        Some(rest) => rest.split_once("?>").map_or("", |(_, r)| r.trim_start()),
+        None => text,
+    };
+    let root = ["VersioningConfiguration", "GetBucketVersioningResponse"]
+        .iter()
+        .any(|name| {
+            text.strip_prefix('<')
+                .and_then(|t| t.strip_prefix(name))
+                .is_some_and(|t| t.starts_with([' ', '>', '/']))
+        });
+    root && !text.contains("<Status")
+}
+
+/// The result of each item of one DeleteObjects call, from the errors its
+/// reply named by key and version id (`null` is a version id like any
+/// other). An error that names no version (moto's do not) counts against
+/// every item of its key in the call, and one that names `null` also
+/// against a version-less item of its key (the object of an unversioned
+/// bucket is its version `null`): never report a success that may not have
+/// happened.
+fn per_item(
+    items: &[&BlobRef],
+    failed: &HashMap<(&str, Option<&str>), StoreError>,
+) -> Vec<Result<(), StoreError>> {
+    items
+        .iter()
+        .map(|i| {
+            let key = i.key.as_str();
+            let error = failed
+                .get(&(key, i.version.as_deref()))
+                .or_else(|| failed.get(&(key, None)))
+                .or_else(|| {
+                    i.version
+                        .is_none()
+                        .then(|| failed.get(&(key, Some("null"))))
+                        .flatten()
+                });
+            match error {
+                Some(e) => Err(e.clone()),
+                None => Ok(()),
+            }
+        })
+        .collect()
 }
 
 /// An S3 timestamp as chrono; a missing one is "now", so it never expires
@@ -626,5 +677,94 @@ impl BlobStore for S3Store {
                 .await;
             results.into_iter().collect()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(key: &str, version: Option<&str>) -> BlobRef {
+        BlobRef {
+            key: key.into(),
+            version: version.map(str::to_string),
+            size: 1,
+            listed_modified: Utc::now(),
+            pending: false,
+        }
+    }
+
+    fn outcome(results: Vec<Result<(), StoreError>>) -> Vec<bool> {
+        results.iter().map(Result::is_ok).collect()
+    }
+
+    #[test]
+    fn a_versioning_reply_without_status_is_never_versioned() {
+        let never = [
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<GetBucketVersioningResponse xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"/>",
+            "<VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"></VersioningConfiguration>",
+        ];
+        for body in never {
+            assert!(says_never_versioned(body.as_bytes()), "{body}");
+        }
+        let doubt = [
+            "<?xml version=\"1.0\"?><GetBucketVersioningResponse><Status>Enabled</Status></GetBucketVersioningResponse>",
+            "<VersioningConfiguration><Status>Suspended</Status></VersioningConfiguration>",
+            "<html><body>proxy error</body></html>",
+            "<VersioningConfigurationX/>",
+            "",
+        ];
+        for body in doubt {
+            assert!(!says_never_versioned(body.as_bytes()), "{body}");
+        }
+    }
+
+    #[test]
+    fn per_item_errors_name_the_null_version_like_any_other() {
+        let items = [
+            item("a", Some("null")),
+            item("a", Some("v2")),
+            item("b", Some("null")),
+            item("b", Some("v2")),
+        ];
+        let refs: Vec<&BlobRef> = items.iter().collect();
+        let mut failed = HashMap::new();
+        failed.insert(
+            ("a", Some("null")),
+            StoreError::Other("InternalError".into()),
+        );
+        failed.insert(("b", Some("v2")), StoreError::Other("InternalError".into()));
+        assert_eq!(
+            outcome(per_item(&refs, &failed)),
+            [false, true, true, false],
+            "an error on a's null version is a's null version's alone"
+        );
+    }
+
+    #[test]
+    fn per_item_errors_without_a_version_fail_every_item_of_the_key() {
+        let items = [
+            item("a", Some("null")),
+            item("a", Some("v2")),
+            item("b", Some("null")),
+        ];
+        let refs: Vec<&BlobRef> = items.iter().collect();
+        let mut failed = HashMap::new();
+        failed.insert(("a", None), StoreError::Other("InternalError".into()));
+        assert_eq!(outcome(per_item(&refs, &failed)), [false, false, true]);
+    }
+
+    #[test]
+    fn per_item_errors_on_null_fail_a_versionless_delete_of_the_key() {
+        // An unversioned bucket's object is its version `null`: an error a
+        // server names so is still the plain delete's.
+        let items = [item("a", None), item("b", None)];
+        let refs: Vec<&BlobRef> = items.iter().collect();
+        let mut failed = HashMap::new();
+        failed.insert(
+            ("a", Some("null")),
+            StoreError::Refused("AccessDenied".into()),
+        );
+        assert_eq!(outcome(per_item(&refs, &failed)), [false, true]);
     }
 }

@@ -528,3 +528,305 @@ async fn s3_deleted_data_sources_take_every_version_and_a_rerun_finishes() {
         "every version and marker under sources/10/ went; sources/100/ is another prefix"
     );
 }
+
+/// Turns versioning on for a bucket that already holds objects: those keep
+/// the version id `null`.
+async fn enable_versioning(s3: &Client, bucket: &str) {
+    s3.put_bucket_versioning()
+        .bucket(bucket)
+        .versioning_configuration(
+            VersioningConfiguration::builder()
+                .status(BucketVersioningStatus::Enabled)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("enable versioning");
+}
+
+/// Like [`versions`], with the version id `null` spelled out (`key@null`),
+/// every other id left out: which pre-versioning versions and markers are
+/// still there.
+async fn null_versions(s3: &Client, bucket: &str) -> Vec<String> {
+    let page = s3
+        .list_object_versions()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("list versions");
+    assert_ne!(page.is_truncated(), Some(true), "one page is enough here");
+    let name = |key: Option<&str>, id: Option<&str>, kind: &str, latest: Option<bool>| {
+        let id = if id == Some("null") { "@null" } else { "" };
+        let latest = if latest == Some(true) { "*" } else { "" };
+        format!("{}{id} {kind}{latest}", key.unwrap_or_default())
+    };
+    let mut out: Vec<String> = page
+        .versions()
+        .iter()
+        .map(|v| name(v.key(), v.version_id(), "v", v.is_latest()))
+        .chain(
+            page.delete_markers()
+                .iter()
+                .map(|m| name(m.key(), m.version_id(), "dm", m.is_latest())),
+        )
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn s3_pre_versioning_objects_are_deleted_by_their_null_version() {
+    let env = Env::new().await;
+    let moto = Emulator::moto();
+    let s3 = s3_client(&moto);
+    bucket(&s3, "media", false, false).await;
+    // Written while the bucket was unversioned: their version id is `null`.
+    moto.clock("-2h");
+    put(&s3, "media", "audio/pre.wav", "pre").await;
+    put(&s3, "media", "audio/mixed.wav", "mixed old").await;
+    put(&s3, "media", "audio/gone.wav", "gone").await;
+    moto.clock("-10m");
+    put(&s3, "media", "audio/pre-young.wav", "young").await;
+    enable_versioning(&s3, "media").await;
+    moto.clock("-2h");
+    delete(&s3, "media", "audio/gone.wav").await;
+    put(&s3, "media", "audio/post.wav", "post").await;
+    moto.clock("-10m");
+    put(&s3, "media", "audio/mixed.wav", "mixed new").await;
+    moto.clock("+0");
+    assert_eq!(
+        null_versions(&s3, "media").await,
+        [
+            "audio/gone.wav dm*",
+            "audio/gone.wav@null v",
+            "audio/mixed.wav v*",
+            "audio/mixed.wav@null v",
+            "audio/post.wav v*",
+            "audio/pre-young.wav@null v*",
+            "audio/pre.wav@null v*",
+        ],
+        "the emulator keeps pre-versioning objects as the version `null`"
+    );
+    let cfg = env.config(&format!(
+        "{}{AUDIO_RULE}",
+        s3_store(&moto, "media", "media", "")
+    ));
+
+    let planned = plan(&cfg, &[]);
+    assert_eq!(planned.code, 0, "{planned}");
+    let p = planned.rule("no-audio-at-rest");
+    // Keys: pre, mixed (its null version), gone, post; versions: pre@null,
+    // mixed@null, gone@null and its marker, post's.
+    assert_eq!(
+        (
+            p["matched"].as_i64(),
+            p["versions"].as_i64(),
+            p["total"].as_i64(),
+            p["bytes"].as_i64()
+        ),
+        (Some(4), Some(5), Some(5), Some(3 + 9 + 4 + 4)),
+        "{planned}"
+    );
+
+    let ran = run(&cfg, &[]);
+    assert_eq!(ran.code, 0, "{ran}");
+    let r = ran.rule("no-audio-at-rest");
+    assert_eq!(
+        (
+            r["affected"].as_i64(),
+            r["versions"].as_i64(),
+            r["outcome"].as_str()
+        ),
+        (Some(4), Some(5), Some("ok")),
+        "{ran}"
+    );
+    let after = null_versions(&s3, "media").await;
+    assert_eq!(
+        after,
+        ["audio/mixed.wav v*", "audio/pre-young.wav@null v*"],
+        "every expired version went, `null` ones included, and no delete marker was added; the young version and the young pre-versioning object stay"
+    );
+
+    let again = run(&cfg, &[]);
+    assert_eq!(again.code, 0, "{again}");
+    let r = again.rule("no-audio-at-rest");
+    assert_eq!(
+        (r["affected"].as_i64(), r["versions"].as_i64()),
+        (Some(0), Some(0)),
+        "{again}"
+    );
+    assert_eq!(
+        null_versions(&s3, "media").await,
+        after,
+        "a rerun changes nothing and adds no delete marker"
+    );
+    let records = chain::assert_valid(&env.db.pool, &load_public(&env.public_key).unwrap()).await;
+    let outcome = chain::of(&records, "run_outcome", "no-audio-at-rest")[0];
+    assert_eq!(outcome["counts"]["versions"], 5);
+    assert_eq!(outcome["counts"]["bytes"], 3 + 9 + 4 + 4);
+}
+
+#[tokio::test]
+async fn s3_versions_current_over_a_null_version_leaves_a_marker_and_the_data() {
+    let env = Env::new().await;
+    let moto = Emulator::moto();
+    let s3 = s3_client(&moto);
+    bucket(&s3, "media", false, false).await;
+    moto.clock("-2h");
+    put(&s3, "media", "audio/pre.wav", "pre").await;
+    moto.clock("+0");
+    enable_versioning(&s3, "media").await;
+    let rule = AUDIO_RULE.replace("versions = \"all\"", "versions = \"current\"");
+    let cfg = env.config(&format!("{}{rule}", s3_store(&moto, "media", "media", "")));
+    let ran = run(&cfg, &[]);
+    assert_eq!(ran.code, 0, "{ran}");
+    assert_eq!(ran.rule("no-audio-at-rest")["affected"], 1, "{ran}");
+    assert_eq!(
+        null_versions(&s3, "media").await,
+        ["audio/pre.wav dm*", "audio/pre.wav@null v"],
+        "a plain delete of the key: a marker over the kept `null` version"
+    );
+    let again = run(&cfg, &[]);
+    assert_eq!(again.rule("no-audio-at-rest")["affected"], 0, "{again}");
+    assert_eq!(
+        null_versions(&s3, "media").await,
+        ["audio/pre.wav dm*", "audio/pre.wav@null v"]
+    );
+}
+
+#[tokio::test]
+async fn s3_metadata_is_read_from_the_null_version_itself() {
+    let env = Env::new().await;
+    let moto = Emulator::moto();
+    let s3 = s3_client(&moto);
+    bucket(&s3, "media", false, false).await;
+    let tagged = |key: &'static str, tier: &'static str| {
+        let s3 = s3.clone();
+        async move {
+            s3.put_object()
+                .bucket("media")
+                .key(key)
+                .metadata("tier", tier)
+                .body(ByteStream::from_static(b"x"))
+                .send()
+                .await
+                .expect("put with metadata");
+        }
+    };
+    moto.clock("-2h");
+    // a: a free `null` version under a paid one; b: the other way round.
+    tagged("up/a.bin", "free").await;
+    tagged("up/b.bin", "paid").await;
+    enable_versioning(&s3, "media").await;
+    tagged("up/a.bin", "paid").await;
+    tagged("up/b.bin", "free").await;
+    moto.clock("+0");
+    let rule = "[[rules]]\nname = \"free-1h\"\nstore = \"media\"\nprefix = \"up/\"\nmatch_metadata = { tier = \"free\" }\nkeep = \"1h\"\naction = \"delete\"\nversions = \"all\"\nmax_fraction = 1.0\n";
+    let cfg = env.config(&format!("{}{rule}", s3_store(&moto, "media", "media", "")));
+    let ran = run(&cfg, &[]);
+    assert_eq!(ran.code, 0, "{ran}");
+    let r = ran.rule("free-1h");
+    assert_eq!(
+        (r["affected"].as_i64(), r["versions"].as_i64()),
+        (Some(2), Some(2)),
+        "{ran}"
+    );
+    assert_eq!(
+        null_versions(&s3, "media").await,
+        ["up/a.bin v*", "up/b.bin@null v*"],
+        "each version is judged by its own metadata: a's free `null` version and b's free latest went, the paid ones stay, no marker was added"
+    );
+}
+
+#[tokio::test]
+async fn s3_row_linked_objects_lose_their_null_version_too() {
+    let env = Env::new().await;
+    let moto = Emulator::moto();
+    let s3 = s3_client(&moto);
+    bucket(&s3, "media", false, false).await;
+    env.db
+        .exec(
+            "CREATE TABLE uploaded_files (id int primary key, uploaded_at timestamptz not null, blob_key text);
+             INSERT INTO uploaded_files VALUES
+               (1, now() - interval '2 hours', 'files/1.pdf'),
+               (2, now() - interval '2 hours', 'files/2.pdf'),
+               (3, now() - interval '10 minutes', 'files/3.pdf');
+             CREATE TABLE data_sources (id int primary key, deleted_at timestamptz);
+             INSERT INTO data_sources VALUES (10, now() - interval '1 minute'), (11, NULL);",
+        )
+        .await;
+    // Written before versioning: `null` versions. Blob ages do not matter.
+    for key in [
+        "files/1.pdf",
+        "files/2.pdf",
+        "files/3.pdf",
+        "files/1.pdf.bak",
+        "sources/10/a.parquet",
+        "sources/10/b.parquet",
+        "sources/11/c.parquet",
+    ] {
+        put(&s3, "media", key, "data").await;
+    }
+    enable_versioning(&s3, "media").await;
+    put(&s3, "media", "files/1.pdf", "data v2").await;
+    put(&s3, "media", "sources/10/b.parquet", "rows v2").await;
+    delete(&s3, "media", "files/2.pdf").await;
+    let rules = "[[rules]]\nname = \"uploads-1h\"\nstore = \"app\"\ntable = \"uploaded_files\"\nage = \"uploaded_at\"\nkeep = \"1h\"\naction = \"delete\"\nmax_fraction = 1.0\n\
+                 blobs = { store = \"media\", key_column = \"blob_key\" }\n\n\
+                 [[rules]]\nname = \"deleted-data-sources\"\nstore = \"app\"\ntable = \"data_sources\"\nage = \"deleted_at\"\nkeep = \"0s\"\naction = \"delete\"\nmax_fraction = 1.0\n\
+                 blobs = { store = \"media\", prefix_template = \"sources/{id}/\" }\n";
+    let cfg = env.config(&format!("{}{rules}", s3_store(&moto, "media", "media", "")));
+    let ran = run(&cfg, &[]);
+    assert_eq!(ran.code, 0, "{ran}");
+    let up = ran.rule("uploads-1h");
+    assert_eq!(
+        (
+            up["affected"].as_i64(),
+            up["objects"].as_i64(),
+            up["outcome"].as_str()
+        ),
+        (Some(2), Some(2), Some("ok")),
+        "{ran}"
+    );
+    let ds = ran.rule("deleted-data-sources");
+    assert_eq!(
+        (
+            ds["affected"].as_i64(),
+            ds["objects"].as_i64(),
+            ds["outcome"].as_str()
+        ),
+        (Some(1), Some(2), Some("ok")),
+        "{ran}"
+    );
+    assert_eq!(
+        env.db
+            .strings("SELECT id::text FROM uploaded_files ORDER BY id")
+            .await,
+        ["3"]
+    );
+    assert_eq!(
+        env.db
+            .strings("SELECT id::text FROM data_sources ORDER BY id")
+            .await,
+        ["11"]
+    );
+    let after = null_versions(&s3, "media").await;
+    assert_eq!(
+        after,
+        [
+            "files/1.pdf.bak@null v*",
+            "files/3.pdf@null v*",
+            "sources/11/c.parquet@null v*",
+        ],
+        "a deleted row's objects lose every version, `null` included, and get no delete marker"
+    );
+    let again = run(&cfg, &[]);
+    assert_eq!(again.code, 0, "{again}");
+    assert_eq!(again.rule("uploads-1h")["affected"], 0, "{again}");
+    assert_eq!(again.rule("deleted-data-sources")["affected"], 0, "{again}");
+    assert_eq!(
+        null_versions(&s3, "media").await,
+        after,
+        "a rerun changes nothing"
+    );
+}
