@@ -324,7 +324,10 @@ impl AuditLog {
 
     /// Intents of `rule` with no outcome. Called while holding the rule's
     /// claim: nobody else can be running it, so these runs died.
-    pub async fn unfinished_runs(&self, rule: &str) -> Result<Vec<serde_json::Value>, AuditError> {
+    pub async fn unfinished_runs(
+        &self,
+        rule: &str,
+    ) -> Result<Vec<super::events::RunIntent>, AuditError> {
         let lines: Vec<String> = sqlx::query_scalar(
             "SELECT i.record FROM retentiond.audit_log i \
              WHERE i.kind = 'run_intent' AND i.rule = $1 \
@@ -336,7 +339,13 @@ impl AuditLog {
         .await?;
         Ok(lines
             .iter()
-            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter_map(|l| match serde_json::from_str(l) {
+                Ok(intent) => Some(intent),
+                Err(e) => {
+                    tracing::error!(error = %e, record = %l, "An unfinished run's intent record does not parse; it stays open.");
+                    None
+                }
+            })
             .collect())
     }
 

@@ -5,6 +5,7 @@
 //! visible. `run` also records the config it loaded. Plans write nothing.
 
 pub mod checkpoint;
+pub mod events;
 pub mod holds;
 pub mod key;
 pub mod log;

@@ -8,13 +8,15 @@
 mod batches;
 mod blob;
 
+use crate::audit::events::{Counts, Planned, RuleRun, RunIntent, RunOutcome};
+use crate::audit::record::format_ts;
 use crate::audit::{AuditLog, Event};
 use crate::config::{Config, Rule};
 use crate::plan::{self, Outcome, PlanOptions, RuleReport};
 use crate::store::postgres::progress::{self, Totals};
 use crate::store::Stores;
 use chrono::{DateTime, Utc};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -180,7 +182,7 @@ impl Runner<'_> {
         };
         let pool = self.progress_pool(rule);
         for intent in dead {
-            let run_id = intent["run_id"].as_str().unwrap_or_default().to_string();
+            let run_id = intent.run.run_id.clone();
             let found = match progress::read(pool, &run_id).await {
                 Ok(f) => f,
                 Err(e) => {
@@ -190,16 +192,7 @@ impl Runner<'_> {
                     continue;
                 }
             };
-            let mut f = Map::new();
-            for key in [
-                "run_id", "rule", "store", "target", "action", "keep", "cutoff", "started",
-            ] {
-                if let Some(v) = intent.get(key) {
-                    f.insert(key.into(), v.clone());
-                }
-            }
-            f.insert("outcome".into(), "abandoned".into());
-            let who = intent["host"].as_str().unwrap_or("?");
+            let who = &intent.host;
             let reason = match found.as_ref().and_then(|p| p.unwritten.as_ref()) {
                 Some((outcome, error)) => format!(
                     "the run finished ({outcome}) on {who} but its outcome record could not be written ({error}); \
@@ -212,30 +205,24 @@ impl Runner<'_> {
                     host()
                 ),
             };
-            f.insert("reason".into(), reason.into());
             let t = found.map(|p| p.totals).unwrap_or_default();
-            let mut counts = json!({
-                "affected": t.affected,
-                "batches": t.batches,
-                "cascaded": t.cascaded,
-                "skipped": t.skipped,
-            });
-            if rule.is_blob() || t.objects > 0 || t.bytes > 0 {
-                if let Some(obj) = counts.as_object_mut() {
-                    obj.insert("objects".into(), t.objects.into());
-                    obj.insert("bytes".into(), t.bytes.min(1 << 53).into());
-                }
-            }
-            f.insert("counts".into(), counts);
-            f.insert(
-                "finished".into(),
-                crate::audit::record::format_ts(Utc::now()).into(),
-            );
-            let event = Event {
-                kind: "run_outcome",
-                fields: f,
+            let with_objects = rule.is_blob() || t.objects > 0 || t.bytes > 0;
+            let outcome = RunOutcome {
+                run: intent.run,
+                outcome: "abandoned".into(),
+                reason: Some(reason),
+                counts: Counts {
+                    affected: t.affected,
+                    batches: t.batches,
+                    cascaded: t.cascaded,
+                    skipped: t.skipped,
+                    objects: with_objects.then_some(t.objects),
+                    bytes: with_objects.then(|| u64::try_from(t.bytes).unwrap_or(0).min(1 << 53)),
+                    ..Counts::default()
+                },
+                finished: format_ts(Utc::now()),
             };
-            if let Err(e) = self.audit.append(&event).await {
+            if let Err(e) = self.audit.append(&outcome.event()).await {
                 tracing::warn!(rule = %rule.name, error = %e, "Could not record an abandoned run.");
             } else {
                 tracing::warn!(rule = %rule.name, run_id = %run_id, "Recorded an abandoned run.");
@@ -448,24 +435,19 @@ fn totals_of(report: &RuleReport) -> Totals {
     }
 }
 
-fn rule_fields(rule: &Rule, report: &RuleReport, run_id: &str) -> Map<String, Value> {
-    let mut f = Map::new();
-    f.insert("run_id".into(), run_id.into());
-    f.insert("rule".into(), rule.name.clone().into());
-    f.insert("store".into(), rule.store.clone().into());
-    f.insert("target".into(), report.target.clone().into());
-    f.insert("action".into(), report.action.into());
-    f.insert("keep".into(), rule.keep.to_string().into());
-    if let Some(c) = report.cutoff {
-        f.insert("cutoff".into(), crate::audit::record::format_ts(c).into());
+fn rule_run(rule: &Rule, report: &RuleReport, run_id: &str, started: DateTime<Utc>) -> RuleRun {
+    RuleRun {
+        run_id: run_id.to_string(),
+        rule: rule.name.clone(),
+        store: rule.store.clone(),
+        target: report.target.clone(),
+        action: report.action.to_string(),
+        keep: rule.keep.to_string(),
+        cutoff: report.cutoff.map(format_ts),
+        description: rule.description.clone(),
+        policy_ref: rule.policy_ref.clone(),
+        started: Some(format_ts(started)),
     }
-    if let Some(d) = &rule.description {
-        f.insert("description".into(), d.clone().into());
-    }
-    if let Some(p) = &rule.policy_ref {
-        f.insert("policy_ref".into(), p.clone().into());
-    }
-    f
 }
 
 fn intent_event(
@@ -475,27 +457,22 @@ fn intent_event(
     run_id: &str,
     started: DateTime<Utc>,
 ) -> Event {
-    let mut f = rule_fields(rule, report, run_id);
-    let mut planned = json!({"matched": report.matched, "protected": report.protected, "total": report.total,
-        "batches": report.batches, "cascaded": report.cascaded, "skipped": report.skipped});
-    if let (Some(oldest), Some(obj)) = (report.oldest, planned.as_object_mut()) {
-        // The oldest due item: with the cutoff, how late the promise is.
-        obj.insert(
-            "oldest".into(),
-            crate::audit::record::format_ts(oldest).into(),
-        );
+    RunIntent {
+        run: rule_run(rule, report, run_id, started),
+        planned: Planned {
+            matched: report.matched,
+            protected: report.protected,
+            total: report.total,
+            batches: report.batches,
+            cascaded: report.cascaded.clone(),
+            skipped: report.skipped.clone(),
+            // The oldest due item: with the cutoff, how late the promise is.
+            oldest: report.oldest.map(format_ts),
+        },
+        config_sha256: config.source.sha256.clone(),
+        host: host(),
     }
-    f.insert("planned".into(), planned);
-    f.insert("config_sha256".into(), config.source.sha256.clone().into());
-    f.insert(
-        "started".into(),
-        crate::audit::record::format_ts(started).into(),
-    );
-    f.insert("host".into(), host().into());
-    Event {
-        kind: "run_intent",
-        fields: f,
-    }
+    .event()
 }
 
 fn outcome_event(
@@ -505,48 +482,29 @@ fn outcome_event(
     started: DateTime<Utc>,
     finished: DateTime<Utc>,
 ) -> Event {
-    let mut f = rule_fields(rule, report, run_id);
-    let outcome = serde_json::to_value(report.outcome).unwrap_or(Value::Null);
-    f.insert("outcome".into(), outcome);
-    if let Some(r) = &report.reason {
-        f.insert("reason".into(), r.clone().into());
-    }
-    let mut counts = json!({
-        "matched": report.matched,
-        "affected": report.affected.unwrap_or(0),
-        "protected": report.protected,
-        "batches": report.batches,
-        "cascaded": report.cascaded,
-        "skipped": report.skipped,
-    });
-    if let Some(obj) = counts.as_object_mut() {
-        if let Some(u) = report.unparsable {
-            obj.insert("unparsable".into(), u.into());
-        }
-        if let Some(v) = report.versions {
-            obj.insert("versions".into(), v.into());
-        }
-        if let Some(o) = report.objects {
-            obj.insert("objects".into(), o.into());
-        }
-        if let Some(b) = report.bytes {
+    RunOutcome {
+        run: rule_run(rule, report, run_id, started),
+        outcome: serde_json::to_value(report.outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        reason: report.reason.clone(),
+        counts: Counts {
+            matched: Some(report.matched),
+            affected: report.affected.unwrap_or(0),
+            protected: Some(report.protected),
+            batches: report.batches,
+            cascaded: report.cascaded.clone(),
+            skipped: report.skipped.clone(),
+            unparsable: report.unparsable,
+            versions: report.versions,
+            objects: report.objects,
             // Integers in records stay within ±2^53 (8 PiB): clamp, never wrap.
-            obj.insert("bytes".into(), b.min(1 << 53).into());
-        }
+            bytes: report.bytes.map(|b| b.min(1 << 53)),
+        },
+        finished: format_ts(finished),
     }
-    f.insert("counts".into(), counts);
-    f.insert(
-        "started".into(),
-        crate::audit::record::format_ts(started).into(),
-    );
-    f.insert(
-        "finished".into(),
-        crate::audit::record::format_ts(finished).into(),
-    );
-    Event {
-        kind: "run_outcome",
-        fields: f,
-    }
+    .event()
 }
 
 /// Records a loaded config (`config_loaded`, with its SHA-256) and the legal
