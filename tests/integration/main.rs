@@ -12,6 +12,7 @@ mod blob;
 mod config;
 mod daemon;
 mod delete;
+mod fault;
 mod mask;
 mod online;
 mod policies;
