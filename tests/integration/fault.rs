@@ -161,3 +161,99 @@ async fn fault_kill9_at_random_points_then_rerun_ends_as_an_uninterrupted_run() 
         eprintln!("fault trial {trial}: kill after {delay:?} of {full:?}: ok");
     }
 }
+
+/// The run's connections terminated mid-run (what a failover or an
+/// operator's `pg_terminate_backend` does): the run stops, the rerun
+/// finishes, and the outcomes still add up to the rows removed.
+#[tokio::test]
+async fn fault_connections_terminated_mid_run_are_survived_and_counted() {
+    let (env, cfg) = setup().await;
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "-c", &cfg.display().to_string(), "--format", "json"])
+        .env("RETENTIOND_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env
+        .db
+        .count("SELECT coalesce(max(affected), 0) FROM retentiond.run_progress")
+        .await
+        < 500
+    {
+        assert!(Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    env.db
+        .exec(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'retentiond' AND datname = '{}'",
+            env.db.name
+        ))
+        .await;
+    let status = child.wait().expect("wait");
+    assert!(!status.success(), "a run that lost its connections says so");
+    let rerun = json_cmd("run", &cfg, &[]);
+    assert_eq!(rerun.code, 0, "{rerun}");
+    let key = retentiond::audit::key::load_public(&env.public_key).expect("public key");
+    let records = chain::assert_valid(&env.db.pool, &key).await;
+    let parents = chain::of(&records, "run_outcome", "parents");
+    let left = env.db.count("SELECT count(*) FROM parents").await;
+    assert_eq!(left, PARENTS / 10 + 61 - 6);
+    assert_eq!(
+        sum(&parents, |o| o["counts"]["affected"].as_i64()),
+        PARENTS - left,
+        "{parents:?}"
+    );
+}
+
+/// A table locked by someone else: the run waits at most `lock_timeout`,
+/// changes nothing and says why.
+#[tokio::test]
+async fn fault_a_locked_table_fails_fast_and_changes_nothing() {
+    let (env, cfg) = setup().await;
+    let cfg_text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "batch_size = 100\n",
+        "batch_size = 100\nlock_timeout = \"1s\"\n",
+    );
+    let cfg = env.write("locked.toml", &cfg_text);
+    let mut locker = sqlx::PgConnection::connect(&env.db.url).await.unwrap();
+    use sqlx::Connection;
+    sqlx::raw_sql("BEGIN; LOCK TABLE parents IN ACCESS EXCLUSIVE MODE;")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let run = json_cmd("run", &cfg, &["--rule", "parents"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "waited {:?}",
+        started.elapsed()
+    );
+    assert_ne!(run.code, 0, "{run}");
+    assert!(run.stdout.contains("lock"), "{run}");
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    assert_eq!(env.db.count("SELECT count(*) FROM parents").await, PARENTS);
+}
+
+/// The audit store unreachable: nothing may run, so nothing is deleted.
+#[tokio::test]
+async fn fault_an_unreachable_audit_store_runs_nothing() {
+    let (env, cfg) = setup().await;
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    // A second store for the audit log, on a port nothing listens on.
+    let text = text.replacen(
+        "[audit]\nstore = \"app\"",
+        "[stores.auditdb]\ntype = \"postgres\"\nurl = \"postgres://postgres@127.0.0.1:1/x\"\n\n[audit]\nstore = \"auditdb\"",
+        1,
+    );
+    let cfg = env.write("unreachable.toml", &text);
+    let run = json_cmd("run", &cfg, &[]);
+    assert_ne!(run.code, 0, "{run}");
+    assert_eq!(env.db.count("SELECT count(*) FROM parents").await, PARENTS);
+    assert_eq!(env.db.count("SELECT count(*) FROM uploads").await, 300);
+}
