@@ -287,6 +287,12 @@ async fn heap_size(pg: &PgStore, leaf: &str) -> Result<(u32, f64), sqlx::Error> 
     Ok((pages, batch::tuples_per_page(&mut conn, leaf).await?))
 }
 
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "23505")
+}
+
 fn is_retryable(e: &sqlx::Error) -> bool {
     // serialization_failure, deadlock_detected
     e.as_database_error()
@@ -307,12 +313,17 @@ async fn batch_with_retries(
     durable: Option<(&str, &Totals)>,
 ) -> Result<Attempt, sqlx::Error> {
     let mut attempt = 0;
+    let mut row_by_row = false;
     loop {
         match one_batch(
-            pg, rule, resolved, link, leaf, window, limit, remaining, durable,
+            pg, rule, resolved, link, leaf, window, limit, remaining, durable, row_by_row,
         )
         .await
         {
+            Err(e) if is_unique_violation(&e) && resolved.mask.is_some() && !row_by_row => {
+                tracing::warn!(rule = %rule.name, error = %e, "A masked value breaks a unique constraint; masking this window row by row.");
+                row_by_row = true;
+            }
             Err(e) if is_retryable(&e) && attempt < MAX_RETRIES => {
                 attempt += 1;
                 tracing::debug!(rule = %rule.name, attempt, error = %e, "Batch conflicted with another transaction; retrying.");
@@ -335,6 +346,7 @@ async fn one_batch(
     limit: i64,
     remaining: Option<i64>,
     durable: Option<(&str, &Totals)>,
+    row_by_row: bool,
 ) -> Result<Attempt, sqlx::Error> {
     let mut conn = pg.pool.acquire().await?;
     let mut tx = conn.begin().await?;
@@ -351,6 +363,26 @@ async fn one_batch(
     let counters = batch::deleted_counters(&mut tx, resolved).await?;
     let mut c = Committed::default();
     match link {
+        None if row_by_row => {
+            // One row's masked value broke a unique constraint: mask the
+            // window row by row, keeping (and counting) the rows that
+            // cannot be written, so they never hold up the others.
+            let rows = batch::select_linked(&mut tx, resolved, leaf, (lo, hi), &[]).await?;
+            for (tid, _) in rows {
+                batch::savepoint(&mut tx, "SAVEPOINT retentiond_row").await?;
+                match batch::change_one(&mut tx, resolved, leaf, &tid).await {
+                    Ok(n) => {
+                        c.rows += n;
+                        batch::savepoint(&mut tx, "RELEASE SAVEPOINT retentiond_row").await?;
+                    }
+                    Err(e) if is_unique_violation(&e) => {
+                        batch::savepoint(&mut tx, "ROLLBACK TO SAVEPOINT retentiond_row").await?;
+                        *c.skipped.entry("unique_violation".to_string()).or_default() += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         None => c.rows = batch::change(&mut tx, resolved, leaf, lo, hi).await?,
         Some(link) => {
             let rows =

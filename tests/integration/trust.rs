@@ -312,3 +312,37 @@ async fn trust_an_unwritable_mirror_stops_records_before_the_database_has_them()
     );
     assert_eq!(env.db.count("SELECT count(*) FROM ev").await, 1);
 }
+
+#[tokio::test]
+async fn trust_a_mask_value_a_unique_key_refuses_is_kept_and_counted_not_blocking() {
+    let env = Env::new().await;
+    env.db
+        .exec(
+            "CREATE TABLE seen (id int PRIMARY KEY, at timestamptz, ip text UNIQUE);
+             INSERT INTO seen SELECT g, now() - interval '60 days', '10.0.' || g || '.7' FROM generate_series(1, 50) g;
+             -- 10.0.1.7 and 10.0.1.9 both mask to 10.0.1.0: the second cannot be written.
+             INSERT INTO seen VALUES (51, now() - interval '60 days', '10.0.1.9');",
+        )
+        .await;
+    let cfg = env.config(
+        "[[rules]]\nname = \"ips\"\nstore = \"app\"\ntable = \"seen\"\nage = \"at\"\nkeep = \"30d\"\naction = \"mask\"\nmax_fraction = 1.0\ncolumns = { ip = \"ip_prefix\" }\n",
+    );
+    let run = json_cmd("run", &cfg, &[]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.rule("ips")["affected"], 50, "{run}");
+    assert_eq!(
+        run.rule("ips")["skipped"],
+        serde_json::json!({"unique_violation": 1}),
+        "{run}"
+    );
+    assert_eq!(
+        env.db
+            .count("SELECT count(*) FROM seen WHERE ip LIKE '%.0'")
+            .await,
+        50
+    );
+    let key = retentiond::audit::key::load_public(&env.public_key).expect("public key");
+    let records = crate::chain::assert_valid(&env.db.pool, &key).await;
+    let outcome = crate::chain::of(&records, "run_outcome", "ips");
+    assert_eq!(outcome[0]["counts"]["skipped"]["unique_violation"], 1);
+}

@@ -160,8 +160,33 @@ pub async fn change(
     lo: u32,
     hi: u32,
 ) -> Result<i64, sqlx::Error> {
-    // $1, $2 are the window; HMAC pads follow from $3.
     let window = "t.ctid >= $1::text::tid AND t.ctid < $2::text::tid";
+    change_in(conn, rule, leaf, window, &page_start(lo), &page_start(hi)).await
+}
+
+/// Masks (or deletes) the row at `tid` if it is still eligible: the
+/// fallback when one row's new value breaks a constraint, so the others of
+/// its window are not held up.
+pub async fn change_one(
+    conn: &mut PgConnection,
+    rule: &ResolvedRule,
+    leaf: &str,
+    tid: &str,
+) -> Result<i64, sqlx::Error> {
+    let window = "t.ctid >= $1::text::tid AND t.ctid <= $2::text::tid";
+    change_in(conn, rule, leaf, window, tid, tid).await
+}
+
+/// The batch statement over `window` (bound as `$1`, `$2`; HMAC pads
+/// follow from `$3`).
+async fn change_in(
+    conn: &mut PgConnection,
+    rule: &ResolvedRule,
+    leaf: &str,
+    window: &str,
+    lo: &str,
+    hi: &str,
+) -> Result<i64, sqlx::Error> {
     let query = match &rule.mask {
         Some(m) => format!(
             "UPDATE {leaf} AS t SET {} WHERE {window} AND {}",
@@ -173,13 +198,16 @@ pub async fn change(
             rule.eligible()
         ),
     };
-    let mut q = sqlx::query(&query)
-        .bind(page_start(lo))
-        .bind(page_start(hi));
+    let mut q = sqlx::query(&query).bind(lo).bind(hi);
     for p in rule.mask.iter().flat_map(|m| m.params.iter()) {
         q = q.bind(p.as_slice());
     }
     Ok(q.execute(conn).await?.rows_affected() as i64)
+}
+
+/// Runs `sql` (a SAVEPOINT command) in the current transaction.
+pub async fn savepoint(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(sql).execute(conn).await.map(|_| ())
 }
 
 /// A row a blob-linked delete would take: its tid, and the text of the
