@@ -86,6 +86,25 @@ fn print_table(reports: &[RuleReport], at: DateTime<Utc>, run: bool) {
                 r.rule
             );
         }
+        let verb = if r.affected.is_some() {
+            "removed"
+        } else {
+            "would remove"
+        };
+        if !r.cascaded.is_empty() {
+            println!(
+                "  {}: ON DELETE CASCADE {verb} {}",
+                r.rule,
+                counts_text(&r.cascaded, "row(s)")
+            );
+        }
+        if !r.skipped.is_empty() {
+            println!(
+                "  {}: kept because they cannot be touched safely: {}",
+                r.rule,
+                counts_text(&r.skipped, "item(s)")
+            );
+        }
         if let Some(reason) = &r.reason {
             println!("  {} {}: {reason}", r.rule, outcome_name(r.outcome));
         }
@@ -93,6 +112,15 @@ fn print_table(reports: &[RuleReport], at: DateTime<Utc>, run: bool) {
             println!("  {}: {note}", r.rule);
         }
     }
+}
+
+/// `3 row(s) of public.kids, 1 row(s) of public.notes`.
+fn counts_text(counts: &std::collections::BTreeMap<String, i64>, unit: &str) -> String {
+    counts
+        .iter()
+        .map(|(k, n)| format!("{n} {unit} of {k}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn outcome_name(o: Outcome) -> &'static str {
