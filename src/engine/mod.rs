@@ -248,12 +248,12 @@ impl Runner<'_> {
     async fn progress_missing(&self, store: &str) -> Option<String> {
         let pg = self.stores.postgres(store)?;
         match progress::ready(&pg.pool).await {
-            Ok(true) => None,
-            Ok(false) => Some(format!(
-                "store `{store}` has no retentiond.run_progress table, where each batch records its counts; \
-                 run `retentiond migrate -c FILE` as an admin role (it prepares every PostgreSQL store with rules)"
+            Ok(Ok(())) => None,
+            Ok(Err(why)) => Some(format!("store `{store}` {why}")),
+            Err(e) => Some(format!(
+                "store `{store}`: {}",
+                crate::plan::describe_db_error(&e)
             )),
-            Err(e) => Some(format!("store `{store}`: {}", crate::plan::describe_db_error(&e))),
         }
     }
 

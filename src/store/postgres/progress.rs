@@ -39,11 +39,25 @@ pub struct Found {
     pub unwritten: Option<(String, String)>,
 }
 
-/// True when `retentiond.run_progress` exists (`retentiond migrate` made it).
-pub async fn ready(pool: &PgPool) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT to_regclass('retentiond.run_progress') IS NOT NULL")
-        .fetch_one(pool)
-        .await
+/// Whether runs can record progress here: `Err` says what is missing
+/// (the table `retentiond migrate` makes, or the runtime grants on it).
+pub async fn ready(pool: &PgPool) -> Result<Result<(), String>, sqlx::Error> {
+    let (exists, writable): (bool, Option<bool>) = sqlx::query_as(
+        "SELECT c.oid IS NOT NULL, \
+                has_schema_privilege(n.oid, 'USAGE') AND has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE') \
+         FROM (SELECT 1) AS one \
+         LEFT JOIN pg_namespace n ON n.nspname = 'retentiond' \
+         LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'run_progress'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(match (exists, writable) {
+        (false, _) => Err("has no retentiond.run_progress table, where each batch records its counts; \
+             run `retentiond migrate -c FILE` as an admin role (it prepares every PostgreSQL store with rules)"
+            .to_string()),
+        (true, Some(true)) => Ok(()),
+        (true, _) => Err("does not let this role write retentiond.run_progress; apply docs/runtime-grants.sql".to_string()),
+    })
 }
 
 /// Sets the run's totals (absolute values, so a retried write is harmless).
