@@ -287,10 +287,15 @@ async fn heap_size(pg: &PgStore, leaf: &str) -> Result<(u32, f64), sqlx::Error> 
     Ok((pages, batch::tuples_per_page(&mut conn, leaf).await?))
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .and_then(|d| d.code())
-        .is_some_and(|c| c == "23505")
+/// A constraint one row breaks (a masked value a unique key refuses, a
+/// delete a `RESTRICT` / `NO ACTION` foreign key refuses): the reason it is
+/// counted under in `skipped`.
+fn row_refusal(e: &sqlx::Error) -> Option<&'static str> {
+    match e.as_database_error().and_then(|d| d.code()).as_deref() {
+        Some("23505") => Some("unique_violation"),
+        Some("23503") => Some("foreign_key"),
+        _ => None,
+    }
 }
 
 fn is_retryable(e: &sqlx::Error) -> bool {
@@ -320,8 +325,8 @@ async fn batch_with_retries(
         )
         .await
         {
-            Err(e) if is_unique_violation(&e) && resolved.mask.is_some() && !row_by_row => {
-                tracing::warn!(rule = %rule.name, error = %e, "A masked value breaks a unique constraint; masking this window row by row.");
+            Err(e) if row_refusal(&e).is_some() && link.is_none() && !row_by_row => {
+                tracing::warn!(rule = %rule.name, error = %e, "A row breaks a constraint; changing this window row by row.");
                 row_by_row = true;
             }
             Err(e) if is_retryable(&e) && attempt < MAX_RETRIES => {
@@ -364,22 +369,36 @@ async fn one_batch(
     let mut c = Committed::default();
     match link {
         None if row_by_row => {
-            // One row's masked value broke a unique constraint: mask the
+            // One row broke a constraint (a masked value a unique key
+            // refuses, a delete a RESTRICT foreign key refuses): change the
             // window row by row, keeping (and counting) the rows that
-            // cannot be written, so they never hold up the others.
+            // cannot be changed, so they never hold up the others.
+            // PostgreSQL's counters keep what a rolled-back savepoint
+            // deleted, so cascades are counted around each kept change.
             let rows = batch::select_linked(&mut tx, resolved, leaf, (lo, hi), &[]).await?;
             for (tid, _) in rows {
+                let before = batch::deleted_counters(&mut tx, resolved).await?;
                 batch::savepoint(&mut tx, "SAVEPOINT retentiond_row").await?;
                 match batch::change_one(&mut tx, resolved, leaf, &tid).await {
                     Ok(n) => {
                         c.rows += n;
                         batch::savepoint(&mut tx, "RELEASE SAVEPOINT retentiond_row").await?;
+                        if !before.is_empty() {
+                            let after = batch::deleted_counters(&mut tx, resolved).await?;
+                            add_all(
+                                &mut c.cascaded,
+                                batch::cascaded_between(resolved, &before, &after, n),
+                            );
+                        }
                     }
-                    Err(e) if is_unique_violation(&e) => {
-                        batch::savepoint(&mut tx, "ROLLBACK TO SAVEPOINT retentiond_row").await?;
-                        *c.skipped.entry("unique_violation".to_string()).or_default() += 1;
-                    }
-                    Err(e) => return Err(e),
+                    Err(e) => match row_refusal(&e) {
+                        Some(reason) => {
+                            batch::savepoint(&mut tx, "ROLLBACK TO SAVEPOINT retentiond_row")
+                                .await?;
+                            *c.skipped.entry(reason.to_string()).or_default() += 1;
+                        }
+                        None => return Err(e),
+                    },
                 }
             }
         }
@@ -464,7 +483,7 @@ async fn one_batch(
         tx.rollback().await?;
         return Ok(Attempt::OverCap(changed));
     }
-    if !counters.is_empty() {
+    if !counters.is_empty() && !(row_by_row && link.is_none()) {
         let after = batch::deleted_counters(&mut tx, resolved).await?;
         c.cascaded = batch::cascaded_between(resolved, &counters, &after, changed);
     }

@@ -346,3 +346,35 @@ async fn trust_a_mask_value_a_unique_key_refuses_is_kept_and_counted_not_blockin
     let outcome = crate::chain::of(&records, "run_outcome", "ips");
     assert_eq!(outcome[0]["counts"]["skipped"]["unique_violation"], 1);
 }
+
+#[tokio::test]
+async fn trust_a_row_a_restrict_key_refuses_is_kept_and_counted_not_blocking() {
+    let env = Env::new().await;
+    env.db
+        .exec(
+            "CREATE TABLE parents (id int PRIMARY KEY, at timestamptz);
+             CREATE TABLE kids (id int PRIMARY KEY, parent_id int REFERENCES parents ON DELETE CASCADE);
+             CREATE TABLE invoices (id int PRIMARY KEY, kid_id int REFERENCES kids ON DELETE RESTRICT);
+             INSERT INTO parents SELECT g, now() - interval '60 days' FROM generate_series(1, 30) g;
+             INSERT INTO kids SELECT g, g FROM generate_series(1, 30) g;
+             -- Parent 7's kid has an invoice: deleting parent 7 cascades
+             -- into kid 7, which the invoice's RESTRICT key refuses.
+             INSERT INTO invoices VALUES (1, 7);",
+        )
+        .await;
+    let cfg = env.config(&rule("parents", "parents", ""));
+    let run = json_cmd("run", &cfg, &[]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.rule("parents")["affected"], 29, "{run}");
+    assert_eq!(
+        run.rule("parents")["skipped"],
+        serde_json::json!({"foreign_key": 1})
+    );
+    // Exactly the kids of deleted parents, not the one rolled back.
+    assert_eq!(
+        run.rule("parents")["cascaded"],
+        serde_json::json!({"public.kids": 29})
+    );
+    assert_eq!(env.db.strings("SELECT id::text FROM parents").await, ["7"]);
+    assert_eq!(env.db.strings("SELECT id::text FROM kids").await, ["7"]);
+}
