@@ -56,6 +56,8 @@ pub struct Executed {
     /// Due rows kept because deleting their objects failed (a rerun
     /// retries them), and the first such error.
     pub blob_failures: (i64, Option<String>),
+    /// The first constraint that refused a row's change (the row is kept).
+    pub refused: Option<String>,
     /// Batches committed.
     pub batches: i64,
     /// `ok`, `refused`, `failed` or `interrupted`.
@@ -75,6 +77,7 @@ impl Executed {
             cascaded: BTreeMap::new(),
             skipped: BTreeMap::new(),
             blob_failures: (0, None),
+            refused: None,
             batches: 0,
             outcome: Outcome::Failed,
             reason: Some(reason),
@@ -116,6 +119,8 @@ struct Committed {
     skipped: BTreeMap<String, i64>,
     /// Rows kept because deleting their objects failed, and the first error.
     failed: (i64, Option<String>),
+    /// The first constraint that refused a row's change.
+    refused: Option<String>,
 }
 
 impl Committed {
@@ -166,6 +171,7 @@ pub async fn execute(
         cascaded: BTreeMap::new(),
         skipped: BTreeMap::new(),
         blob_failures: (0, None),
+        refused: None,
         batches: 0,
         outcome: Outcome::Ok,
         reason: None,
@@ -226,6 +232,9 @@ pub async fn execute(
                     if done.blob_failures.1.is_none() {
                         done.blob_failures.1 = c.failed.1;
                     }
+                    if done.refused.is_none() {
+                        done.refused = c.refused;
+                    }
                     if changed > 0 {
                         done.batches += 1;
                         done.affected += changed;
@@ -263,6 +272,17 @@ pub async fn execute(
             done.blob_failures.1.clone().unwrap_or_default()
         );
         return done.stop(Outcome::Failed, reason);
+    }
+    if let Some(first) = done.refused.take() {
+        // The promise holds for every other row; say which ones it does
+        // not hold for, and why.
+        let kept: i64 = ["unique_violation", "foreign_key"]
+            .iter()
+            .filter_map(|k| done.skipped.get(*k))
+            .sum();
+        done.reason = Some(format!(
+            "{kept} due row(s) kept because a constraint refused their change; first: {first}"
+        ));
     }
     done
 }
@@ -396,6 +416,7 @@ async fn one_batch(
                             batch::savepoint(&mut tx, "ROLLBACK TO SAVEPOINT retentiond_row")
                                 .await?;
                             *c.skipped.entry(reason.to_string()).or_default() += 1;
+                            c.refused.get_or_insert_with(|| describe_db_error(&e));
                         }
                         None => return Err(e),
                     },

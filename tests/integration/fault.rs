@@ -111,13 +111,7 @@ async fn fault_kill9_at_random_points_then_rerun_ends_as_an_uninterrupted_run() 
         // Anywhere from before the first batch to past the end.
         let delay =
             Duration::from_micros(next(&mut seed) % (full.as_micros() as u64 * 11 / 10 + 1));
-        let mut child = std::process::Command::new(BIN)
-            .args(["run", "-c", &cfg.display().to_string(), "--format", "json"])
-            .env("RETENTIOND_LOG", "error")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn");
+        let mut child = spawn_run(&cfg);
         tokio::time::sleep(delay).await;
         let _ = child.kill();
         let _ = child.wait();
@@ -168,13 +162,7 @@ async fn fault_kill9_at_random_points_then_rerun_ends_as_an_uninterrupted_run() 
 #[tokio::test]
 async fn fault_connections_terminated_mid_run_are_survived_and_counted() {
     let (env, cfg) = setup().await;
-    let mut child = std::process::Command::new(BIN)
-        .args(["run", "-c", &cfg.display().to_string(), "--format", "json"])
-        .env("RETENTIOND_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn_run(&cfg);
     let deadline = Instant::now() + Duration::from_secs(30);
     while env
         .db

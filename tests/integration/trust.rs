@@ -191,13 +191,7 @@ async fn trust_a_killed_run_is_counted_exactly_by_the_next_one() {
         )
         .await;
     let cfg = env.config(&rule("parents", "parents", "batch_size = 500"));
-    let mut child = std::process::Command::new(BIN)
-        .args(["run", "-c", &cfg.display().to_string(), "--format", "json"])
-        .env("RETENTIOND_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut child = spawn_run(&cfg);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let done = env

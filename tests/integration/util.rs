@@ -113,6 +113,25 @@ pub fn retentiond(args: &[&str], envs: &[(&str, &str)]) -> Out {
     }
 }
 
+/// `retentiond run -c <config>` in the background (output piped, warnings
+/// only): for tests that kill or disturb a run.
+pub fn spawn_run(config: &Path) -> std::process::Child {
+    Command::new(BIN)
+        .args([
+            "run",
+            "-c",
+            &config.display().to_string(),
+            "--format",
+            "json",
+        ])
+        .env_remove("RETENTIOND_CONFIG")
+        .env("RETENTIOND_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn retentiond run")
+}
+
 /// `retentiond <cmd> -c <config> --format json [extra...]`.
 pub fn json_cmd(cmd: &str, config: &Path, extra: &[&str]) -> Out {
     json_cmd_with(cmd, config, extra, &[])
