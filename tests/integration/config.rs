@@ -197,3 +197,36 @@ fn config_shipped_examples_are_valid() {
         assert_eq!(out.code, 0, "{file}: {out}");
     }
 }
+
+/// `rust-version` in Cargo.toml is the real minimum: no locked dependency
+/// declares a newer one (a user on the declared toolchain can build).
+#[test]
+fn config_rust_version_is_the_locked_dependencies_minimum() {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let version = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    let packages = meta["packages"].as_array().expect("packages");
+    let ours = packages
+        .iter()
+        .find(|p| p["name"] == "retentiond")
+        .and_then(|p| p["rust_version"].as_str())
+        .expect("rust-version is declared");
+    let (newest, who) = packages
+        .iter()
+        .filter_map(|p| Some((p["rust_version"].as_str()?, p["name"].as_str()?)))
+        .max_by_key(|(v, _)| version(v))
+        .expect("some dependency declares one");
+    assert!(
+        version(ours) >= version(newest),
+        "rust-version {ours} is below {who}'s {newest}: raise it in Cargo.toml and docker/Dockerfile"
+    );
+}
