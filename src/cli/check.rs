@@ -24,6 +24,7 @@ pub async fn run(path: &Path, online: bool) -> i32 {
         config.holds.len(),
         config.stores.len()
     );
+    print_keeps(&config);
     if !online {
         println!("ok  {summary}");
         return exit::OK;
@@ -82,6 +83,29 @@ pub async fn run(path: &Path, online: bool) -> i32 {
     }
     println!("ok  {summary} (checked online)");
     exit::OK
+}
+
+/// Each rule's promise in words, and a warning where `m` (minutes) was
+/// probably meant as months: `max_fraction` is then all that stands between
+/// the rule and most of the table.
+fn print_keeps(config: &Config) {
+    for rule in &config.rules {
+        println!(
+            "  {}: {} {} after {}",
+            rule.name,
+            rule.action_name(),
+            rule.target_name(),
+            rule.keep.in_words()
+        );
+        if rule.action_name() == "delete" && rule.keep.is_minutes_under_an_hour() {
+            println!(
+                "warning: rule `{}`: keep = \"{}\" is {}; a month is \"1mo\"",
+                rule.name,
+                rule.keep,
+                rule.keep.in_words()
+            );
+        }
+    }
 }
 
 /// What the configured role could do to the audit log beyond appending.

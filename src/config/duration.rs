@@ -164,6 +164,46 @@ fn reference_instants() -> impl Iterator<Item = DateTime<Utc>> {
     })
 }
 
+impl Keep {
+    /// The period in words, as a promise reads: `1 year 6 months`,
+    /// `30 days`, `1 minute`.
+    pub fn in_words(&self) -> String {
+        let (y, mo) = (self.months / 12, self.months % 12);
+        let (h, rem) = (self.seconds / 3600, self.seconds % 3600);
+        let (m, s) = (rem / 60, rem % 60);
+        let mut parts = Vec::new();
+        for (n, unit) in [
+            (u64::from(y), "year"),
+            (u64::from(mo), "month"),
+            (u64::from(self.days), "day"),
+            (h, "hour"),
+            (m, "minute"),
+            (s, "second"),
+        ] {
+            match n {
+                0 => {}
+                1 => parts.push(format!("1 {unit}")),
+                n => parts.push(format!("{n} {unit}s")),
+            }
+        }
+        if parts.is_empty() {
+            "nothing (expires at once)".to_string()
+        } else {
+            parts.join(" ")
+        }
+    }
+
+    /// True for a period of whole minutes under an hour: what `1m` meant
+    /// as "one month" would look like.
+    pub fn is_minutes_under_an_hour(&self) -> bool {
+        self.months == 0
+            && self.days == 0
+            && self.seconds > 0
+            && self.seconds < 3600
+            && self.seconds % 60 == 0
+    }
+}
+
 impl fmt::Display for Keep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
@@ -330,5 +370,27 @@ mod tests {
             let keep = Keep::parse(text).unwrap();
             assert_eq!(Keep::parse(&keep.to_string()).unwrap(), keep);
         }
+    }
+}
+
+#[cfg(test)]
+mod words_tests {
+    use super::Keep;
+
+    #[test]
+    fn keep_in_words_reads_like_the_promise() {
+        let k = |months, days, seconds| Keep {
+            months,
+            days,
+            seconds,
+        };
+        assert_eq!(k(18, 0, 0).in_words(), "1 year 6 months");
+        assert_eq!(k(0, 30, 0).in_words(), "30 days");
+        assert_eq!(k(0, 0, 60).in_words(), "1 minute");
+        assert_eq!(k(0, 0, 3600).in_words(), "1 hour");
+        assert!(k(0, 0, 60).is_minutes_under_an_hour());
+        assert!(!k(1, 0, 0).is_minutes_under_an_hour());
+        assert!(!k(0, 0, 3600).is_minutes_under_an_hour());
+        assert!(!k(0, 0, 90).is_minutes_under_an_hour());
     }
 }

@@ -372,3 +372,29 @@ async fn trust_a_row_a_restrict_key_refuses_is_kept_and_counted_not_blocking() {
     assert_eq!(env.db.strings("SELECT id::text FROM parents").await, ["7"]);
     assert_eq!(env.db.strings("SELECT id::text FROM kids").await, ["7"]);
 }
+
+#[tokio::test]
+async fn trust_check_says_each_keep_in_words_and_warns_on_minutes() {
+    let env = Env::new().await;
+    let body = rule("ev", "ev", "").replace("keep = \"30d\"", "keep = \"1m\"");
+    let cfg = env.config(&body);
+    let check = retentiond(&["check", "-c", &cfg.display().to_string()], &[]);
+    assert_eq!(check.code, 0, "{check}");
+    assert!(
+        check.stdout.contains("ev: delete ev after 1 minute"),
+        "{check}"
+    );
+    assert!(
+        check
+            .stdout
+            .contains("warning: rule `ev`: keep = \"1m\" is 1 minute; a month is \"1mo\""),
+        "{check}"
+    );
+    let cfg = env.config(&rule("ev", "ev", ""));
+    let check = retentiond(&["check", "-c", &cfg.display().to_string()], &[]);
+    assert!(
+        check.stdout.contains("ev: delete ev after 30 days"),
+        "{check}"
+    );
+    assert!(!check.stdout.contains("warning"), "{check}");
+}
