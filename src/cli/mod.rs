@@ -371,6 +371,16 @@ fn open(config: &Config) -> Result<Stores, i32> {
     Stores::open(config).map_err(|e| fail(exit::FAILED, e))
 }
 
+/// Opens the stores and says once, within seconds, which database cannot
+/// be reached and why; rules on it then fail at once with that message.
+async fn open_probed(config: &Config) -> Result<Stores, i32> {
+    let stores = open(config)?;
+    for e in stores.probe_postgres().await {
+        eprintln!("error: {e}");
+    }
+    Ok(stores)
+}
+
 async fn plan_cmd(
     path: &std::path::Path,
     names: &[String],
@@ -385,7 +395,7 @@ async fn plan_cmd(
         Ok(r) => r,
         Err(e) => return fail(exit::USAGE, e),
     };
-    let stores = match open(&config) {
+    let stores = match open_probed(&config).await {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -424,6 +434,15 @@ async fn open_audit(config: &Config, stores: &Stores) -> Result<AuditLog, i32> {
             format!("audit store `{}` is not a postgres store", audit_cfg.store),
         ));
     };
+    if pg.down().is_some() {
+        return Err(fail(
+            exit::FAILED,
+            format!(
+                "the audit log (store `{}`) is unavailable, so nothing was run",
+                audit_cfg.store
+            ),
+        ));
+    }
     AuditLog::open(pg.pool.clone(), signer, audit_cfg.jsonl.clone())
         .await
         .map_err(|e| fail(exit::FAILED, e))
@@ -449,7 +468,7 @@ async fn run_cmd(
         Ok(r) => r,
         Err(e) => return fail(exit::USAGE, e),
     };
-    let stores = match open(&config) {
+    let stores = match open_probed(&config).await {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -505,7 +524,7 @@ async fn migrate_cmd(path: &std::path::Path) -> i32 {
             "the config has no [audit] section: nothing to migrate",
         );
     };
-    let stores = match open(&config) {
+    let stores = match open_probed(&config).await {
         Ok(s) => s,
         Err(code) => return code,
     };

@@ -253,6 +253,14 @@ pub async fn prepare(
     let Some(pg) = stores.postgres(&rule.store) else {
         return report.fail(format!("store `{}` is not open", rule.store));
     };
+    if pg.down().is_some() {
+        // The store's one error was already said; the rule names it.
+        return report.fail(format!(
+            "store `{}` ({}) is unreachable; nothing was done",
+            rule.store,
+            pg.address()
+        ));
+    }
     let clock = match pg.clock().await {
         Ok(c) => c,
         Err(e) => return report.fail(format!("store `{}`: {e}", rule.store)),

@@ -117,6 +117,18 @@ impl Stores {
         self.postgres.get(name)
     }
 
+    /// Probes every postgres store at once (a few seconds at most); the
+    /// ones that cannot be reached are marked down, and their errors
+    /// returned, one per store.
+    pub async fn probe_postgres(&self) -> Vec<String> {
+        let probes = self.postgres.values().map(|pg| pg.probe());
+        futures_util::future::join_all(probes)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect()
+    }
+
     /// Closes every pool.
     pub async fn close(&self) {
         for pg in self.postgres.values() {

@@ -398,3 +398,35 @@ async fn trust_check_says_each_keep_in_words_and_warns_on_minutes() {
     );
     assert!(!check.stdout.contains("warning"), "{check}");
 }
+
+#[test]
+fn trust_an_unreachable_database_is_named_once_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _, _) = retentiond::audit::key::generate(&dir.path().join("keys")).unwrap();
+    let cfg = dir.path().join("r.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[audit]\nstore = \"app\"\nsigning_key = \"{}\"\n[stores.app]\ntype = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1/db\"\n{}{}",
+            key.display(),
+            rule("a", "t", ""),
+            rule("b", "t2", "")
+        ),
+    )
+    .unwrap();
+    for cmd in ["plan", "run"] {
+        let started = std::time::Instant::now();
+        let out = retentiond(&[cmd, "-c", &cfg.display().to_string()], &[]);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{cmd} took {:?}",
+            started.elapsed()
+        );
+        assert_ne!(out.code, 0, "{out}");
+        let said = out
+            .stderr
+            .matches("127.0.0.1:1): cannot connect: connection refused")
+            .count();
+        assert_eq!(said, 1, "{cmd}: one error for the store: {out}");
+    }
+}

@@ -21,7 +21,13 @@ pub struct PgStore {
     pub name: String,
     /// The pool.
     pub pool: PgPool,
+    /// Why the store could not be reached, once [`PgStore::probe`] found
+    /// out: every rule on it then fails at once with this one message.
+    down: std::sync::Arc<std::sync::OnceLock<String>>,
 }
+
+/// How long a probe waits for a connection before calling the store down.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The database clock read against ours.
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +63,45 @@ impl PgStore {
         Ok(PgStore {
             name: name.to_string(),
             pool,
+            down: Default::default(),
         })
+    }
+
+    /// `host:port` (or the socket directory) the store connects to.
+    pub fn address(&self) -> String {
+        let o = self.pool.connect_options();
+        format!("{}:{}", o.get_host(), o.get_port())
+    }
+
+    /// Opens one connection (at most [`PROBE_TIMEOUT`]) to learn whether the
+    /// store is reachable, and why not: refused, DNS, TLS, authentication.
+    /// A pool would retry silently until its acquire timeout instead.
+    pub async fn probe(&self) -> Result<(), String> {
+        use sqlx::Connection;
+        let options = self.pool.connect_options();
+        let why =
+            match tokio::time::timeout(PROBE_TIMEOUT, sqlx::PgConnection::connect_with(&options))
+                .await
+            {
+                Ok(Ok(conn)) => {
+                    let _ = conn.close().await;
+                    return Ok(());
+                }
+                Ok(Err(e)) => connect_error(&e),
+                Err(_) => format!("no answer within {}s", PROBE_TIMEOUT.as_secs()),
+            };
+        let message = format!(
+            "store `{}` ({}): cannot connect: {why}",
+            self.name,
+            self.address()
+        );
+        let _ = self.down.set(message.clone());
+        Err(message)
+    }
+
+    /// Why the store is down, when a probe found it so.
+    pub fn down(&self) -> Option<&str> {
+        self.down.get().map(String::as_str)
     }
 
     /// Reads the server clock and measures its skew against ours.
@@ -90,4 +134,27 @@ pub async fn begin_counting(
         .execute(&mut *tx)
         .await?;
     Ok(())
+}
+
+/// A connection error as the cause an operator can act on.
+fn connect_error(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => {
+                "connection refused (is PostgreSQL running and listening on this address?)".into()
+            }
+            std::io::ErrorKind::NotFound => format!("host not found ({io})"),
+            _ if io.to_string().contains("lookup address") => {
+                format!("cannot resolve the host name ({io})")
+            }
+            _ => format!("network error: {io}"),
+        },
+        sqlx::Error::Tls(t) => format!("TLS: {t}"),
+        sqlx::Error::Database(d) => match d.code().as_deref() {
+            Some("28P01") | Some("28000") => format!("authentication failed: {}", d.message()),
+            Some("3D000") => format!("the database does not exist: {}", d.message()),
+            _ => d.message().to_string(),
+        },
+        other => other.to_string(),
+    }
 }
