@@ -430,3 +430,24 @@ fn trust_an_unreachable_database_is_named_once_within_seconds() {
         assert_eq!(said, 1, "{cmd}: one error for the store: {out}");
     }
 }
+
+/// The server reads a `where` as PostgreSQL's parser did in `check`, even
+/// where the database turns `standard_conforming_strings` off.
+#[tokio::test]
+async fn trust_where_is_read_with_standard_conforming_strings_whatever_the_database_says() {
+    let env = Env::new().await;
+    env.db
+        .exec(&format!(
+            "ALTER DATABASE {} SET standard_conforming_strings = off;
+             CREATE TABLE ev (id int PRIMARY KEY, at timestamptz, note text);
+             INSERT INTO ev VALUES (1, now() - interval '60 days', E'a\\\\'), (2, now() - interval '60 days', 'b');",
+            env.db.name
+        ))
+        .await;
+    // `note = 'a\'`: the note a-backslash, as the parser reads it.
+    let cfg = env.config(&rule("ev", "ev", "where = \"note = 'a\\\\'\""));
+    let run = json_cmd("run", &cfg, &[]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.rule("ev")["affected"], 1, "{run}");
+    assert_eq!(env.db.strings("SELECT id::text FROM ev").await, ["2"]);
+}

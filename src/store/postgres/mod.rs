@@ -45,7 +45,10 @@ impl PgStore {
     pub fn connect(name: &str, url: &str, max_connections: u32) -> Result<PgStore, sqlx::Error> {
         let options = PgConnectOptions::from_str(url)?
             .application_name("retentiond")
-            .options([("TimeZone", "UTC")]);
+            // A `where` was checked by PostgreSQL's parser with standard
+            // conforming strings on; the server must read it the same way
+            // (with it off, `'a\'` would not end a string there).
+            .options([("TimeZone", "UTC"), ("standard_conforming_strings", "on")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(30))
