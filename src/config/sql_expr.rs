@@ -65,12 +65,24 @@ pub fn check(text: &str) -> Result<(), NotOneExpression> {
         (s.into_clause.is_some(), "INTO"),
         (!s.values_lists.is_empty(), "VALUES"),
     ];
-    match extra.iter().find(|(bad, _)| *bad) {
-        Some((_, what)) => Err(NotOneExpression(format!(
+    if let Some((_, what)) = extra.iter().find(|(bad, _)| *bad) {
+        return Err(NotOneExpression(format!(
             "it continues past one expression ({what})"
-        ))),
-        None => Ok(()),
+        )));
     }
+    // `$1`, `$2`, ... are retentiond's own bound values in its statements
+    // (batch windows, HMAC keys): a `where` must not read them.
+    if parsed
+        .protobuf
+        .nodes()
+        .iter()
+        .any(|(n, ..)| matches!(n, pg_query::NodeRef::ParamRef(_)))
+    {
+        return Err(NotOneExpression(
+            "it uses a `$n` parameter; write the value itself".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The parser's message, without the wrapper's own text.
@@ -118,6 +130,8 @@ mod tests {
             "",
             "   ",
             "a\0b",
+            "t.ctid >= $1",
+            "note = $3::text",
         ] {
             assert!(check(bad).is_err(), "{bad:?} passed");
         }
