@@ -73,6 +73,24 @@ pub async fn migrate(pool: &PgPool) -> Result<(), AuditError> {
     Ok(())
 }
 
+/// The runtime role's rights on schema `retentiond`: the one list, which
+/// the README, compose file and migrations repeat (a test checks them).
+pub const RUNTIME_GRANTS: &str = include_str!("../../docs/runtime-grants.sql");
+
+/// Grants `role` exactly [`RUNTIME_GRANTS`] (idempotent).
+pub async fn grant_runtime(pool: &PgPool, role: &str) -> Result<(), AuditError> {
+    let quoted = format!("\"{}\"", role.replace('"', "\"\""));
+    let mut tx = pool.begin().await?;
+    for line in RUNTIME_GRANTS.lines().filter(|l| l.starts_with("GRANT")) {
+        let statement = line.replace("retentiond_runtime", &quoted);
+        sqlx::query(statement.trim_end_matches(';'))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 // Any fixed number, distinct from APPEND_LOCK.
 const MIGRATE_LOCK: i64 = 0x7265_7465_6e74_6d67; // "retentmg"
 

@@ -125,11 +125,16 @@ pub enum Command {
         #[arg(long, default_value_t = 2)]
         max_concurrent_rules: usize,
     },
-    /// Create or update the audit schema (run as an admin role).
+    /// Create or update schema `retentiond` (run as an admin role) in the
+    /// audit store and every PostgreSQL store with rules.
     Migrate {
         /// The rules file.
         #[arg(short, long, env = "RETENTIOND_CONFIG")]
         config: PathBuf,
+        /// Also grant this (runtime) role exactly what `run` and `serve`
+        /// need on schema `retentiond` (docs/runtime-grants.sql).
+        #[arg(long, value_name = "ROLE")]
+        grant_to: Option<String>,
     },
     /// Write a new Ed25519 signing key pair (signing.pem, signing.pub.pem).
     Keygen {
@@ -296,7 +301,7 @@ pub async fn run(cli: Cli) -> i32 {
             })
             .await
         }
-        Command::Migrate { config } => migrate_cmd(&config).await,
+        Command::Migrate { config, grant_to } => migrate_cmd(&config, grant_to.as_deref()).await,
         Command::Keygen { out } => match audit::key::generate(&out) {
             Ok((private, public, id)) => {
                 println!("key id {id}\nprivate key {} (keep secret; point [audit] signing_key at it)\npublic key  {} (give to auditors)", private.display(), public.display());
@@ -513,7 +518,7 @@ async fn run_cmd(
     plan::worst_exit_code(report.rules.iter().map(|r| &r.outcome))
 }
 
-async fn migrate_cmd(path: &std::path::Path) -> i32 {
+async fn migrate_cmd(path: &std::path::Path, grant_to: Option<&str>) -> i32 {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
@@ -558,6 +563,12 @@ async fn migrate_cmd(path: &std::path::Path) -> i32 {
                 println!("schema `retentiond` {what} in store `{name}`");
             }
             Err(e) => return fail(exit::FAILED, format!("store `{name}`: {e}")),
+        }
+        if let Some(role) = grant_to {
+            match audit::log::grant_runtime(&pg.pool, role).await {
+                Ok(()) => println!("granted role `{role}` the runtime rights in store `{name}`"),
+                Err(e) => return fail(exit::FAILED, format!("store `{name}`: {e}")),
+            }
         }
     }
     exit::OK

@@ -99,19 +99,29 @@ async fn audit_migrate_is_idempotent_and_runtime_role_needs_no_ddl() {
         let out = retentiond(&["migrate", "-c", &cfg.display().to_string()], &[]);
         assert_eq!(out.code, 0, "{out}");
     }
-    // A runtime role with only the documented grants can run rules.
-    let grants = runtime_grants();
+    // A runtime role with only the documented grants (given by
+    // `migrate --grant-to`) can run rules.
     env.db
         .exec(&format!(
             "CREATE ROLE runtime LOGIN;
-         {}
          GRANT SELECT, DELETE ON t TO runtime;
          REVOKE CREATE ON SCHEMA public FROM PUBLIC;
          REVOKE CREATE ON DATABASE {} FROM PUBLIC;",
-            grants.join("\n").replace("retentiond_runtime", "runtime"),
             env.db.name
         ))
         .await;
+    let out = retentiond(
+        &[
+            "migrate",
+            "-c",
+            &cfg.display().to_string(),
+            "--grant-to",
+            "runtime",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("granted role `runtime`"), "{out}");
     let url = env.db.url.replace("postgres@", "runtime@");
     let text = format!(
         "[audit]\nstore = \"app\"\nsigning_key = \"{}\"\n[stores.app]\ntype = \"postgres\"\nurl = \"{url}\"\n[[rules]]\nname = \"r\"\nstore = \"app\"\ntable = \"t\"\nage = \"at\"\nkeep = \"1d\"\naction = \"delete\"\nmax_fraction = 1.0\n",
@@ -184,9 +194,16 @@ fn audit_every_place_that_lists_the_runtime_grants_agrees() {
     let root = env!("CARGO_MANIFEST_DIR");
     let grants = runtime_grants();
     assert_eq!(grants.len(), 4);
+    // compose and the Kubernetes migrate Job apply the list itself.
+    for file in ["docker/compose.yaml", "docker/k8s/migrate-job.yaml"] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).expect("read");
+        assert!(
+            text.contains(r#""--grant-to", "retentiond_runtime""#),
+            "{file} runs migrate --grant-to"
+        );
+    }
     for file in [
         "README.md",
-        "docker/compose.yaml",
         "docs/audit-format.md",
         "migrations/0002_run_progress.sql",
     ] {
