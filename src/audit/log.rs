@@ -41,6 +41,9 @@ pub enum AuditError {
     /// it: a role that could would own the log and could rewrite it.
     #[error("the audit schema `retentiond` is missing or out of date in the audit store; run `retentiond migrate -c FILE` as an admin role, then grant the runtime role what the README's \"Grants\" lists")]
     NotMigrated,
+    /// The role may not use schema `retentiond`.
+    #[error("{0}: this role lacks its rights on schema `retentiond`; as an admin role, run `retentiond migrate -c FILE --grant-to <this role>` (the grants are docs/runtime-grants.sql)")]
+    NoGrants(String),
     /// A record could not be built.
     #[error(transparent)]
     Record(#[from] RecordError),
@@ -76,6 +79,12 @@ pub async fn migrate(pool: &PgPool) -> Result<(), AuditError> {
 /// The runtime role's rights on schema `retentiond`: the one list, which
 /// the README, compose file and migrations repeat (a test checks them).
 pub const RUNTIME_GRANTS: &str = include_str!("../../docs/runtime-grants.sql");
+
+fn is_permission_denied(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "42501")
+}
 
 /// Grants `role` exactly [`RUNTIME_GRANTS`] (idempotent).
 pub async fn grant_runtime(pool: &PgPool, role: &str) -> Result<(), AuditError> {
@@ -167,8 +176,13 @@ impl AuditLog {
         signer: Signer,
         jsonl: Option<PathBuf>,
     ) -> Result<AuditLog, AuditError> {
-        if !is_migrated(&pool).await? {
-            return Err(AuditError::NotMigrated);
+        match is_migrated(&pool).await {
+            Ok(true) => {}
+            Ok(false) => return Err(AuditError::NotMigrated),
+            Err(AuditError::Db(e)) if is_permission_denied(&e) => {
+                return Err(AuditError::NoGrants(e.to_string()))
+            }
+            Err(e) => return Err(e),
         }
         Ok(AuditLog {
             pool,

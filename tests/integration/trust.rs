@@ -451,3 +451,17 @@ async fn trust_where_is_read_with_standard_conforming_strings_whatever_the_datab
     assert_eq!(run.rule("ev")["affected"], 1, "{run}");
     assert_eq!(env.db.strings("SELECT id::text FROM ev").await, ["2"]);
 }
+
+#[tokio::test]
+async fn trust_a_role_without_the_runtime_grants_is_told_which_to_apply() {
+    let env = Env::new().await;
+    env.db
+        .exec("CREATE TABLE ev (id int PRIMARY KEY, at timestamptz); CREATE ROLE bare LOGIN; GRANT SELECT, DELETE ON ev TO bare;")
+        .await;
+    let text = env.header().replace("postgres@", "bare@") + &rule("ev", "ev", "");
+    let cfg = env.write("bare.toml", &text);
+    let run = json_cmd("run", &cfg, &[]);
+    assert_ne!(run.code, 0, "{run}");
+    assert!(run.stderr.contains("--grant-to"), "{run}");
+    assert!(run.stderr.contains("permission denied"), "{run}");
+}
