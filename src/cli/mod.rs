@@ -518,6 +518,27 @@ async fn run_cmd(
     plan::worst_exit_code(report.rules.iter().map(|r| &r.outcome))
 }
 
+/// A failed migration, with the rights it needs when it lacked them.
+fn migrate_error(store: &str, e: &audit::AuditError) -> String {
+    let denied = match e {
+        audit::AuditError::Db(d) => d
+            .as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| c == "42501"),
+        audit::AuditError::Migrate(m) => m.to_string().contains("permission denied"),
+        _ => false,
+    };
+    if denied {
+        format!(
+            "store `{store}`: {e}\n  migrate needs an admin role: CREATE on the database (to create schema `retentiond`), \
+             or ownership of an existing schema `retentiond`; run it as the database owner, e.g. \
+             `GRANT CREATE ON DATABASE <db> TO <admin role>` first"
+        )
+    } else {
+        format!("store `{store}`: {e}")
+    }
+}
+
 async fn migrate_cmd(path: &std::path::Path, grant_to: Option<&str>) -> i32 {
     let config = match load(path) {
         Ok(c) => c,
@@ -562,7 +583,7 @@ async fn migrate_cmd(path: &std::path::Path, grant_to: Option<&str>) -> i32 {
                 };
                 println!("schema `retentiond` {what} in store `{name}`");
             }
-            Err(e) => return fail(exit::FAILED, format!("store `{name}`: {e}")),
+            Err(e) => return fail(exit::FAILED, migrate_error(&name, &e)),
         }
         if let Some(role) = grant_to {
             match audit::log::grant_runtime(&pg.pool, role).await {

@@ -465,3 +465,19 @@ async fn trust_a_role_without_the_runtime_grants_is_told_which_to_apply() {
     assert!(run.stderr.contains("--grant-to"), "{run}");
     assert!(run.stderr.contains("permission denied"), "{run}");
 }
+
+#[tokio::test]
+async fn trust_migrate_without_rights_says_which_it_needs() {
+    let env = Env::unmigrated().await;
+    env.db
+        .exec(&format!(
+            "CREATE ROLE weak LOGIN; REVOKE CREATE ON DATABASE {} FROM PUBLIC;",
+            env.db.name
+        ))
+        .await;
+    let text = env.header().replace("postgres@", "weak@");
+    let cfg = env.write("weak.toml", &text);
+    let out = retentiond(&["migrate", "-c", &cfg.display().to_string()], &[]);
+    assert_ne!(out.code, 0, "{out}");
+    assert!(out.stderr.contains("CREATE on the database"), "{out}");
+}
