@@ -481,3 +481,38 @@ async fn trust_migrate_without_rights_says_which_it_needs() {
     assert_ne!(out.code, 0, "{out}");
     assert!(out.stderr.contains("CREATE on the database"), "{out}");
 }
+
+#[tokio::test]
+async fn trust_a_wrong_table_or_column_gets_the_closest_names() {
+    let env = Env::new().await;
+    env.db
+        .exec("CREATE TABLE sessions (id int PRIMARY KEY, created_at timestamptz, seen date, note text);")
+        .await;
+    let body = rule("s", "sesions", "");
+    let cfg = env.config(&body);
+    let out = retentiond(
+        &["check", "--online", "-c", &cfg.display().to_string()],
+        &[],
+    );
+    assert_eq!(out.code, 2, "{out}");
+    assert!(out.stderr.contains("did you mean `sessions`?"), "{out}");
+    let cfg = env.config(&rule("s", "sessions", "").replace("age = \"at\"", "age = \"created\""));
+    let out = retentiond(
+        &["check", "--online", "-c", &cfg.display().to_string()],
+        &[],
+    );
+    assert_eq!(out.code, 2, "{out}");
+    assert!(out.stderr.contains("did you mean `created_at`?"), "{out}");
+    assert!(
+        out.stderr
+            .contains("its timestamp columns: `created_at`, `seen`"),
+        "{out}"
+    );
+    let cfg = env.config(&rule("s", "sessions", "").replace("age = \"at\"", "age = \"note\""));
+    let out = json_cmd("plan", &cfg, &[]);
+    assert!(
+        out.stdout
+            .contains("its timestamp columns: `created_at`, `seen`"),
+        "{out}"
+    );
+}

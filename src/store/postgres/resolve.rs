@@ -128,14 +128,32 @@ pub async fn resolve(
 }
 
 fn age_type(table: &TableInfo, name: &TableName, age: &str) -> Result<AgeType, TargetError> {
-    let col = table
-        .columns
-        .get(age)
-        .ok_or_else(|| TargetError::new(format!("column {name}.{age} does not exist")))?;
+    // What an age column could be instead: the table's timestamp columns.
+    let timestamps = || {
+        let cols: Vec<String> = table
+            .columns
+            .iter()
+            .filter(|(_, c)| c.age_type().is_some())
+            .map(|(n, _)| format!("`{n}`"))
+            .collect();
+        if cols.is_empty() {
+            format!("; {name} has no timestamp or date column")
+        } else {
+            format!("; its timestamp columns: {}", cols.join(", "))
+        }
+    };
+    let col = table.columns.get(age).ok_or_else(|| {
+        TargetError::new(format!(
+            "column {name}.{age} does not exist{}{}",
+            schema::did_you_mean(age, table.columns.keys().map(String::as_str)),
+            timestamps()
+        ))
+    })?;
     col.age_type().ok_or_else(|| {
         TargetError::new(format!(
-            "column {name}.{age} is {}, not a timestamp: an age column must be timestamptz, timestamp or date",
-            col.sql_type
+            "column {name}.{age} is {}, not a timestamp: an age column must be timestamptz, timestamp or date{}",
+            col.sql_type,
+            timestamps()
         ))
     })
 }
@@ -149,8 +167,11 @@ fn mask_sql(
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (column, strategy) in &spec.columns {
         let col = table.columns.get(column).ok_or_else(|| {
-            TargetError::new(format!("column {name}.{column} does not exist"))
-                .about(Field::Column(column.clone()))
+            TargetError::new(format!(
+                "column {name}.{column} does not exist{}",
+                schema::did_you_mean(column, table.columns.keys().map(String::as_str))
+            ))
+            .about(Field::Column(column.clone()))
         })?;
         let kind = match col.type_name.as_str() {
             "inet" => ColumnKind::Inet,

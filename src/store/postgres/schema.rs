@@ -96,6 +96,27 @@ impl TargetError {
     }
 }
 
+/// `; did you mean \`a\` or \`b\`?` for the names closest to `wanted`, or
+/// nothing when none is close.
+pub fn did_you_mean<'a>(wanted: &str, names: impl Iterator<Item = &'a str>) -> String {
+    let wanted_lc = wanted.to_lowercase();
+    let mut scored: Vec<(f64, &str)> = names
+        .map(|n| (strsim::jaro_winkler(&wanted_lc, &n.to_lowercase()), n))
+        .filter(|(score, _)| *score >= 0.8)
+        .collect();
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+    let best: Vec<String> = scored
+        .iter()
+        .take(3)
+        .map(|(_, n)| format!("`{n}`"))
+        .collect();
+    match best.as_slice() {
+        [] => String::new(),
+        [one] => format!("; did you mean {one}?"),
+        more => format!("; did you mean {}?", more.join(" or ")),
+    }
+}
+
 /// Resolves `table` or explains why it is not a table retentiond may touch.
 pub async fn table(conn: &mut PgConnection, table: &TableName) -> Result<TableInfo, SchemaError> {
     let row = sqlx::query(
@@ -108,8 +129,19 @@ pub async fn table(conn: &mut PgConnection, table: &TableName) -> Result<TableIn
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT CASE WHEN n.nspname = current_schema() THEN c.relname::text \
+                         ELSE n.nspname || '.' || c.relname END \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'retentiond') \
+               AND n.nspname NOT LIKE 'pg_toast%'",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
         return Err(TargetError::new(format!(
-            "table {table} does not exist (or the role cannot see it)"
+            "table {table} does not exist (or the role cannot see it){}",
+            did_you_mean(&table.to_string(), names.iter().map(String::as_str))
         ))
         .into());
     };
