@@ -440,12 +440,47 @@ impl S3Store {
         R: fmt::Debug + Send + Sync + 'static,
     {
         let code = e.code().map(str::to_string);
-        let message = format!("{operation}: {}", chain(&e));
+        let reason = chain(&e);
+        if reason.contains("no credentials found in chain")
+            || reason.contains("the credential provider was not enabled")
+        {
+            return StoreError::Refused(self.no_credentials(&reason));
+        }
+        let message = format!("{operation}: {reason}");
         match code.as_deref() {
             Some("NoSuchBucket") => StoreError::Missing(format!("bucket {}", self.bucket)),
             Some("AccessDenied") | Some("Forbidden") => StoreError::Refused(message),
             _ => StoreError::Other(message),
         }
+    }
+}
+
+impl S3Store {
+    /// No credential source gave credentials: what was tried, and what to
+    /// set. `tried` is the SDK's own list (one line per provider).
+    fn no_credentials(&self, tried: &str) -> String {
+        let endpoint = self
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| "the AWS endpoint of the region".to_string());
+        let attempts: Vec<&str> = tried
+            .lines()
+            .skip(1)
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        format!(
+            "no AWS credentials for bucket {} at {endpoint}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY \
+             (and AWS_SESSION_TOKEN for temporary ones), or AWS_PROFILE with ~/.aws/credentials, or \
+             AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN (EKS IRSA), or run where container or instance \
+             metadata provides a role; tried: {}",
+            self.bucket,
+            if attempts.is_empty() {
+                "environment, profile, web identity, container and instance metadata".to_string()
+            } else {
+                attempts.join("; ")
+            }
+        )
     }
 }
 

@@ -516,3 +516,35 @@ async fn trust_a_wrong_table_or_column_gets_the_closest_names() {
         "{out}"
     );
 }
+
+#[test]
+fn trust_s3_without_credentials_says_what_was_tried_and_what_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("s3.toml");
+    std::fs::write(
+        &cfg,
+        "[stores.media]\ntype = \"s3\"\nbucket = \"media\"\nregion = \"us-east-1\"\nendpoint = \"http://127.0.0.1:1\"\n\
+         [[rules]]\nname = \"a\"\nstore = \"media\"\nprefix = \"audio/\"\nkeep = \"1h\"\naction = \"delete\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["plan", "-c", &cfg.display().to_string()])
+        .env_clear()
+        .env("HOME", dir.path())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("RETENTIOND_LOG", "warn")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("no AWS credentials for bucket media at http://127.0.0.1:1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+        "{text}"
+    );
+    assert!(text.contains("tried: Environment"), "{text}");
+    assert!(!text.contains("Error {"), "no Debug dump: {text}");
+}
