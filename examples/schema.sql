@@ -1,7 +1,8 @@
 -- examples/schema.sql: one PostgreSQL 15 schema for the example configs.
 --
--- It covers the retention promises of the three policies in
--- /work/shared/seeds (PersonaPlex, Personaizer, InferLabs) in ONE database,
+-- It covers the retention promises of the three seed policies (PersonaPlex,
+-- 000_c8f048f99943baf9.txt; Personaizer, 001_0067688c0b7f7a4e.txt;
+-- InferLabs, 003_8d55cb58fa7a15ec.txt) in ONE database,
 -- so that examples/personaplex.toml, examples/personaizer.toml,
 -- examples/inferlabs.toml and the top-level retention.toml can all be
 -- checked and planned against it:

@@ -230,3 +230,28 @@ fn config_rust_version_is_the_locked_dependencies_minimum() {
         "rust-version {ours} is below {who}'s {newest}: raise it in Cargo.toml and docker/Dockerfile"
     );
 }
+
+/// The examples name the seed policies by file name, not by a path on
+/// somebody's machine.
+#[test]
+fn config_examples_name_seed_files_not_machine_paths() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for file in [
+        "examples/personaplex.toml",
+        "examples/personaizer.toml",
+        "examples/inferlabs.toml",
+        "examples/schema.sql",
+        "retention.toml",
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).expect("read");
+        assert!(!text.contains("/work/"), "{file} names a machine path");
+    }
+    for (file, seed) in [
+        ("examples/personaplex.toml", "000_c8f048f99943baf9.txt"),
+        ("examples/personaizer.toml", "001_0067688c0b7f7a4e.txt"),
+        ("examples/inferlabs.toml", "003_8d55cb58fa7a15ec.txt"),
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/{file}")).expect("read");
+        assert!(text.contains(seed), "{file} names its seed {seed}");
+    }
+}
