@@ -26,7 +26,7 @@ pub async fn run(path: &Path, online: bool) -> i32 {
     );
     print_keeps(&config);
     if !online {
-        println!("ok  {summary}");
+        super::output::say(&format!("ok  {summary}"));
         return exit::OK;
     }
     let stores = match Stores::open(&config) {
@@ -61,7 +61,7 @@ pub async fn run(path: &Path, online: bool) -> i32 {
     }
     stores.close().await;
     for note in &notes {
-        println!("note: {note}");
+        super::output::say(&format!("note: {note}"));
     }
     if !problems.is_empty() {
         problems.sort_by_key(|p: &Problem| p.span.offset());
@@ -81,7 +81,7 @@ pub async fn run(path: &Path, online: bool) -> i32 {
     if unreachable {
         return exit::FAILED;
     }
-    println!("ok  {summary} (checked online)");
+    super::output::say(&format!("ok  {summary} (checked online)"));
     exit::OK
 }
 
@@ -90,20 +90,20 @@ pub async fn run(path: &Path, online: bool) -> i32 {
 /// the rule and most of the table.
 fn print_keeps(config: &Config) {
     for rule in &config.rules {
-        println!(
+        super::output::say(&format!(
             "  {}: {} {} after {}",
             rule.name,
             rule.action_name(),
             rule.target_name(),
             rule.keep.in_words()
-        );
+        ));
         if rule.action_name() == "delete" && rule.keep.is_minutes_under_an_hour() {
-            println!(
+            super::output::say(&format!(
                 "warning: rule `{}`: keep = \"{}\" is {}; a month is \"1mo\"",
                 rule.name,
                 rule.keep,
                 rule.keep.in_words()
-            );
+            ));
         }
     }
 }

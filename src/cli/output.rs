@@ -4,7 +4,7 @@
 use crate::engine::Progress;
 use crate::plan::{Outcome, RuleReport};
 use chrono::{DateTime, Utc};
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Cell, CellAlignment, Table};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Cell, CellAlignment, ContentArrangement, Table};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,6 +26,42 @@ pub fn print_reports(reports: &[RuleReport], at: DateTime<Utc>, format: Format, 
     }
 }
 
+/// The columns text output may use: `$COLUMNS`, else the terminal's, else
+/// no limit (a pipe to a file).
+fn width() -> Option<u16> {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .filter(|w: &u16| *w >= 20)
+        .or_else(|| Table::new().width())
+}
+
+/// A table that wraps its cells to fit [`width`].
+pub fn fitted_table() -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY);
+    table.set_content_arrangement(ContentArrangement::Dynamic);
+    if let Some(w) = width() {
+        table.set_width(w);
+    }
+    table
+}
+
+/// Prints `line` wrapped to [`width`], continuation lines indented.
+pub fn say(line: &str) {
+    match width() {
+        Some(w) => {
+            let options = textwrap::Options::new(usize::from(w))
+                .subsequent_indent("      ")
+                .break_words(true);
+            for l in textwrap::wrap(line, options) {
+                println!("{l}");
+            }
+        }
+        None => println!("{line}"),
+    }
+}
+
 fn short_ts(ts: Option<DateTime<Utc>>) -> String {
     ts.map_or_else(
         || "-".to_string(),
@@ -33,37 +69,79 @@ fn short_ts(ts: Option<DateTime<Utc>>) -> String {
     )
 }
 
+/// Below this many columns the plan/run table folds what, keep and cutoff
+/// into one cell and leaves out batches, so it fits 80 columns.
+const WIDE: u16 = 120;
+
 fn print_table(reports: &[RuleReport], at: DateTime<Utc>, run: bool) {
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY);
-    let mut header = vec![
-        "rule",
-        "action",
-        "target",
-        "keep",
-        "cutoff (UTC)",
-        "matched",
-        "protected",
-    ];
+    let mut table = fitted_table();
+    let narrow = width().is_some_and(|w| w < WIDE);
+    let mut header = if narrow {
+        vec!["rule", "what (UTC)", "matched", "protected"]
+    } else {
+        vec![
+            "rule",
+            "action",
+            "target",
+            "keep",
+            "cutoff (UTC)",
+            "matched",
+            "protected",
+        ]
+    };
     if run {
         header.push("affected");
     }
-    header.extend(["batches", "outcome"]);
+    if !narrow {
+        header.push("batches");
+    }
+    header.push("outcome");
+    // Numbers and outcomes never split (a column's width counts its two
+    // padding spaces); names and targets wrap instead.
+    let floors: Vec<u16> = header
+        .iter()
+        .map(|h| match *h {
+            "outcome" => 14,
+            "rule" => 8,
+            "what (UTC)" => 18,
+            h => h.len() as u16 + 2,
+        })
+        .collect();
     table.set_header(header);
+    table.set_constraints(
+        floors
+            .into_iter()
+            .map(|w| comfy_table::ColumnConstraint::LowerBoundary(comfy_table::Width::Fixed(w))),
+    );
     for r in reports {
-        let mut row = vec![
-            Cell::new(&r.rule),
-            Cell::new(r.action),
-            Cell::new(format!("{}:{}", r.store, r.target)),
-            Cell::new(&r.keep),
-            Cell::new(short_ts(r.cutoff)),
-            Cell::new(r.matched).set_alignment(CellAlignment::Right),
-            Cell::new(r.protected).set_alignment(CellAlignment::Right),
-        ];
+        let target = format!("{}:{}", r.store, r.target);
+        let mut row = if narrow {
+            vec![
+                Cell::new(&r.rule),
+                Cell::new(format!(
+                    "{} {target}\nkeep {}\ncutoff {}",
+                    r.action,
+                    r.keep,
+                    short_ts(r.cutoff)
+                )),
+            ]
+        } else {
+            vec![
+                Cell::new(&r.rule),
+                Cell::new(r.action),
+                Cell::new(target),
+                Cell::new(&r.keep),
+                Cell::new(short_ts(r.cutoff)),
+            ]
+        };
+        row.push(Cell::new(r.matched).set_alignment(CellAlignment::Right));
+        row.push(Cell::new(r.protected).set_alignment(CellAlignment::Right));
         if run {
             row.push(Cell::new(r.affected.unwrap_or(0)).set_alignment(CellAlignment::Right));
         }
-        row.push(Cell::new(r.batches).set_alignment(CellAlignment::Right));
+        if !narrow {
+            row.push(Cell::new(r.batches).set_alignment(CellAlignment::Right));
+        }
         row.push(Cell::new(outcome_name(r.outcome)));
         table.add_row(row);
     }
@@ -78,13 +156,13 @@ fn print_table(reports: &[RuleReport], at: DateTime<Utc>, run: bool) {
                 .filter(|v| *v > 0)
                 .map(|v| format!(", {v} version(s) and delete marker(s)"))
                 .unwrap_or_default();
-            println!("  {}: {b} byte(s) {verb}{versions}", r.rule);
+            say(&format!("  {}: {b} byte(s) {verb}{versions}", r.rule));
         }
         if let Some(u) = r.unparsable.filter(|u| *u > 0) {
-            println!(
+            say(&format!(
                 "  {}: {u} value(s) were not IP addresses (unparsable)",
                 r.rule
-            );
+            ));
         }
         let verb = if r.affected.is_some() {
             "removed"
@@ -92,24 +170,28 @@ fn print_table(reports: &[RuleReport], at: DateTime<Utc>, run: bool) {
             "would remove"
         };
         if !r.cascaded.is_empty() {
-            println!(
+            say(&format!(
                 "  {}: ON DELETE CASCADE {verb} {}",
                 r.rule,
                 counts_text(&r.cascaded, "row(s)")
-            );
+            ));
         }
         if !r.skipped.is_empty() {
-            println!(
+            say(&format!(
                 "  {}: kept because they cannot be touched safely: {}",
                 r.rule,
                 counts_text(&r.skipped, "item(s)")
-            );
+            ));
         }
         if let Some(reason) = &r.reason {
-            println!("  {} {}: {reason}", r.rule, outcome_name(r.outcome));
+            say(&format!(
+                "  {} {}: {reason}",
+                r.rule,
+                outcome_name(r.outcome)
+            ));
         }
         for note in &r.notes {
-            println!("  {}: {note}", r.rule);
+            say(&format!("  {}: {note}", r.rule));
         }
     }
 }
@@ -136,8 +218,7 @@ fn outcome_name(o: Outcome) -> &'static str {
 
 /// Prints audit records as a table.
 pub fn print_audit<'a>(records: impl Iterator<Item = &'a str>) {
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY);
+    let mut table = fitted_table();
     table.set_header([
         "seq", "ts (UTC)", "kind", "rule", "outcome", "cutoff", "matched", "affected", "key",
     ]);

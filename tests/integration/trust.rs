@@ -548,3 +548,36 @@ fn trust_s3_without_credentials_says_what_was_tried_and_what_to_set() {
     assert!(text.contains("tried: Environment"), "{text}");
     assert!(!text.contains("Error {"), "no Debug dump: {text}");
 }
+
+#[tokio::test]
+async fn trust_text_output_fits_80_columns() {
+    let env = Env::new().await;
+    env.db.exec(PARENTS_AND_KIDS).await;
+    let cfg = env.config(&format!(
+        "{}[[holds]]\nname = \"kid-case\"\nstore = \"app\"\ntable = \"kids\"\nwhere = \"EXISTS (SELECT 1 FROM kid_holds h WHERE h.kid_id = t.id)\"\nreason = \"case 42\"\n",
+        rule("a-rather-long-rule-name-for-parents", "parents", "")
+    ));
+    for cmd in ["plan", "run", "check"] {
+        let mut args = vec![cmd, "-c"];
+        let path = cfg.display().to_string();
+        args.push(&path);
+        if cmd == "check" {
+            args.push("--online");
+        }
+        let out = retentiond(&args, &[("COLUMNS", "80")]);
+        assert_eq!(out.code, 0, "{out}");
+        for line in out.stdout.lines() {
+            assert!(
+                line.chars().count() <= 80,
+                "{cmd}: {} columns: {line}",
+                line.chars().count()
+            );
+        }
+    }
+    let path = cfg.display().to_string();
+    let out = retentiond(&["audit", "log", "-c", &path], &[("COLUMNS", "80")]);
+    assert_eq!(out.code, 0, "{out}");
+    for line in out.stdout.lines() {
+        assert!(line.chars().count() <= 80, "audit log: {line}");
+    }
+}
