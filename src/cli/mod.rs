@@ -30,10 +30,24 @@ pub mod exit {
     pub const INVALID: i32 = 4;
 }
 
+/// The exit-code table, as every `--help` ends (a macro, so `concat!` can
+/// put it after each command's examples).
+macro_rules! exit_codes {
+    () => {
+        "Exit codes:\n  0  ok\n  1  a store or the audit log failed (or a run was interrupted)\n  \
+         2  the config or the command line is wrong\n  3  refused by a safety check (max_fraction, clock skew, wrong target)\n  \
+         4  the audit log does not verify"
+    };
+}
+
 /// Data-retention enforcement: declarative rules, batched purges and IP
 /// masking, signed audit records.
 #[derive(Debug, Parser)]
-#[command(name = "retentiond", version, about, long_about = None)]
+#[command(name = "retentiond", version, about, long_about = None, after_help = concat!(
+    "Examples:\n  retentiond check -c retention.toml --online\n  retentiond plan -c retention.toml --at 2027-01-01\n  \
+     retentiond run -c retention.toml\n  retentiond serve -c retention.toml\n\n",
+    exit_codes!()
+))]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -65,6 +79,7 @@ pub enum Format {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate a rules file; with --online also check it against the databases.
+    #[command(after_help = concat!("Examples:\n  retentiond check -c retention.toml            # the file alone: located errors\n  retentiond check -c retention.toml --online   # and the databases and buckets\n\n", exit_codes!()))]
     Check {
         /// The rules file.
         #[arg(short, long, env = "RETENTIOND_CONFIG")]
@@ -74,6 +89,7 @@ pub enum Command {
         online: bool,
     },
     /// Show what each rule would delete or mask now (or --at another time). Changes nothing.
+    #[command(after_help = concat!("Examples:\n  retentiond plan -c retention.toml\n  retentiond plan -c retention.toml --rule session-logs-30d --at 2027-01-01\n  retentiond plan -c retention.toml --format json | jq '.rules[] | {rule, matched, cascaded}'\n\n", exit_codes!()))]
     Plan {
         /// The rules file.
         #[arg(short, long, env = "RETENTIOND_CONFIG")]
@@ -89,6 +105,7 @@ pub enum Command {
         format: Format,
     },
     /// Execute the rules once, then exit.
+    #[command(after_help = concat!("Examples:\n  retentiond run -c retention.toml\n  retentiond run -c retention.toml --rule telemetry-90d --format json\n  retentiond run -c retention.toml --dry-run       # exactly `plan`\n\n", exit_codes!()))]
     Run {
         /// The rules file.
         #[arg(short, long, env = "RETENTIOND_CONFIG")]
@@ -111,6 +128,7 @@ pub enum Command {
     },
     /// Run as a service: every rule on its schedule, /healthz, /readyz and
     /// /metrics over HTTP; SIGTERM finishes the current batch and exits.
+    #[command(after_help = concat!("Examples:\n  retentiond serve -c retention.toml --listen 0.0.0.0:9464 --log-format json\n  curl -s localhost:9464/readyz; curl -s localhost:9464/metrics\n\n", exit_codes!()))]
     Serve {
         /// The rules file.
         #[arg(short, long, env = "RETENTIOND_CONFIG")]
@@ -127,6 +145,7 @@ pub enum Command {
     },
     /// Create or update schema `retentiond` (run as an admin role) in the
     /// audit store and every PostgreSQL store with rules.
+    #[command(after_help = concat!("Examples:\n  retentiond migrate -c retention.toml\n  retentiond migrate -c retention.toml --grant-to retentiond_runtime\n\n", exit_codes!()))]
     Migrate {
         /// The rules file.
         #[arg(short, long, env = "RETENTIOND_CONFIG")]
@@ -137,6 +156,7 @@ pub enum Command {
         grant_to: Option<String>,
     },
     /// Write a new Ed25519 signing key pair (signing.pem, signing.pub.pem).
+    #[command(after_help = concat!("Examples:\n  retentiond keygen --out ./keys    # keep signing.pem secret; give signing.pub.pem to auditors\n\n", exit_codes!()))]
     Keygen {
         /// Directory for the key files.
         #[arg(long)]
@@ -177,6 +197,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// A readable table of recorded events.
+    #[command(after_help = concat!("Examples:\n  retentiond audit log -c retention.toml --rule session-logs-30d --since 2026-11-01\n\n", exit_codes!()))]
     Log {
         /// The rules file.
         #[arg(short, long, env = "RETENTIOND_CONFIG")]
@@ -193,6 +214,7 @@ pub enum AuditCommand {
     },
     /// Check every signature, the hash chain, gapless seq and (with
     /// --checkpoint) truncation. Exit 0 when valid, 4 when not.
+    #[command(after_help = concat!("Examples:\n  retentiond audit verify --public-key signing.pub.pem --file audit.jsonl --checkpoint checkpoints.jsonl\n  retentiond audit verify --public-key signing.pub.pem --db postgres://auditor@db/app\n\n", exit_codes!()))]
     Verify {
         /// An Ed25519 public key (PEM); repeat for rotated keys.
         #[arg(long = "public-key", required = true)]
@@ -211,6 +233,7 @@ pub enum AuditCommand {
         checkpoint: Option<PathBuf>,
     },
     /// Print the records verbatim, one per line (JSONL), in seq order.
+    #[command(after_help = concat!("Examples:\n  retentiond audit export -c retention.toml > audit.jsonl\n\n", exit_codes!()))]
     Export {
         /// The rules file.
         #[arg(short, long, env = "RETENTIOND_CONFIG")]
@@ -223,6 +246,7 @@ pub enum AuditCommand {
         until: Option<DateTime<Utc>>,
     },
     /// Print a fresh signed checkpoint of the log's head.
+    #[command(after_help = concat!("Examples:\n  retentiond audit head -c retention.toml >> checkpoints.jsonl\n\n", exit_codes!()))]
     Head {
         /// The rules file.
         #[arg(short, long, env = "RETENTIOND_CONFIG")]

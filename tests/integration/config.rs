@@ -255,3 +255,36 @@ fn config_examples_name_seed_files_not_machine_paths() {
         assert!(text.contains(seed), "{file} names its seed {seed}");
     }
 }
+
+/// Every command's `--help` shows examples and the exit codes.
+#[test]
+fn config_every_help_has_examples_and_exit_codes() {
+    for cmd in [
+        &["--help"][..],
+        &["check", "--help"],
+        &["plan", "--help"],
+        &["run", "--help"],
+        &["serve", "--help"],
+        &["migrate", "--help"],
+        &["keygen", "--help"],
+        &["audit", "log", "--help"],
+        &["audit", "verify", "--help"],
+        &["audit", "export", "--help"],
+        &["audit", "head", "--help"],
+    ] {
+        let out = retentiond(cmd, &[]);
+        assert_eq!(out.code, 0, "{cmd:?}: {out}");
+        assert!(
+            out.stdout.contains("Examples:\n  retentiond"),
+            "{cmd:?}: {out}"
+        );
+        assert!(
+            out.stdout.contains("Exit codes:\n  0  ok"),
+            "{cmd:?}: {out}"
+        );
+        assert!(
+            out.stdout.contains("3  refused by a safety check"),
+            "{cmd:?}"
+        );
+    }
+}
