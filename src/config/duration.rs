@@ -200,7 +200,7 @@ impl Keep {
             && self.days == 0
             && self.seconds > 0
             && self.seconds < 3600
-            && self.seconds % 60 == 0
+            && self.seconds.is_multiple_of(60)
     }
 }
 

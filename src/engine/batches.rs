@@ -504,7 +504,9 @@ async fn one_batch(
         tx.rollback().await?;
         return Ok(Attempt::OverCap(changed));
     }
-    if !counters.is_empty() && !(row_by_row && link.is_none()) {
+    // Row by row, cascades were counted around each kept change.
+    let counted_per_row = row_by_row && link.is_none();
+    if !counters.is_empty() && !counted_per_row {
         let after = batch::deleted_counters(&mut tx, resolved).await?;
         c.cascaded = batch::cascaded_between(resolved, &counters, &after, changed);
     }
