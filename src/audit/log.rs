@@ -393,6 +393,26 @@ impl AuditLog {
         .await?)
     }
 
+    /// When the newest `ok` run of `rule` finished (its `run_outcome`'s
+    /// `finished`), or None when it never ended ok. Abandoned, failed,
+    /// refused and interrupted runs do not count.
+    pub async fn last_success(&self, rule: &str) -> Result<Option<DateTime<Utc>>, AuditError> {
+        // Newest first along the (rule, ts) index: stops at the first ok.
+        let row: Option<(DateTime<Utc>, Option<String>)> = sqlx::query_as(
+            "SELECT ts, record::jsonb ->> 'finished' FROM retentiond.audit_log \
+             WHERE rule = $1 AND kind = 'run_outcome' AND record::jsonb ->> 'outcome' = 'ok' \
+             ORDER BY ts DESC, seq DESC LIMIT 1",
+        )
+        .bind(rule)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(ts, finished)| {
+            finished
+                .and_then(|f| DateTime::parse_from_rfc3339(&f).ok())
+                .map_or(ts, |f| f.with_timezone(&Utc))
+        }))
+    }
+
     /// The pool (for readiness probes).
     pub fn pool(&self) -> &PgPool {
         &self.pool

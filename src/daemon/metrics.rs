@@ -1,9 +1,12 @@
 //! Prometheus metrics of the daemon, in the classic text format.
 //!
 //! Labels are low-cardinality: `rule`, `outcome`, `store`. Updated once per
-//! rule run from its report, never per row.
+//! rule run from its report, never per row; at start-up, every rule's series
+//! are set from a plan ([`Metrics::planned`]) so they exist from the first
+//! scrape.
 
 use crate::plan::{Outcome, RuleReport};
+use chrono::{DateTime, Utc};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -21,8 +24,23 @@ pub struct Metrics {
     last_cutoff: IntGaugeVec,
     overdue: IntGaugeVec,
     lag: IntGaugeVec,
+    plan_failed: IntGaugeVec,
     store_errors: IntCounterVec,
     ready: IntGauge,
+    /// Rules with a recorded run: a start-up plan finishing later must not
+    /// overwrite a run's fresher numbers.
+    ran: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// The outcomes a run ends with, as `retentiond_runs_total` labels them.
+const RUN_OUTCOMES: [&str; 4] = ["ok", "refused", "failed", "interrupted"];
+
+/// How long past its cutoff the oldest of `overdue` items is (0 when none).
+fn lag_seconds(overdue: i64, oldest: Option<DateTime<Utc>>, cutoff: Option<DateTime<Utc>>) -> i64 {
+    match (oldest, cutoff) {
+        (Some(oldest), Some(cutoff)) if overdue > 0 => (cutoff - oldest).num_seconds().max(0),
+        _ => 0,
+    }
 }
 
 fn counter(
@@ -66,12 +84,18 @@ impl Metrics {
             runs: counter(&r, "retentiond_runs_total", "Rule runs by outcome.", &["rule", "outcome"])?,
             duration,
             last_success: gauge(&r, "retentiond_last_success_timestamp_seconds", "When a run of the rule last ended ok (Unix time).", &["rule"])?,
-            last_cutoff: gauge(&r, "retentiond_last_cutoff_timestamp_seconds", "The cutoff of the rule's latest run (Unix time).", &["rule"])?,
-            overdue: gauge(&r, "retentiond_overdue_items", "Items past their cutoff and not yet removed, at the latest run.", &["rule"])?,
+            last_cutoff: gauge(&r, "retentiond_last_cutoff_timestamp_seconds", "The cutoff of the rule's latest run, or of its start-up plan before one (Unix time).", &["rule"])?,
+            overdue: gauge(&r, "retentiond_overdue_items", "Items past their cutoff and not yet removed, at the latest run (or the start-up plan before one).", &["rule"])?,
             lag: gauge(
                 &r,
                 "retentiond_compliance_lag_seconds",
-                "How long past its cutoff the oldest overdue item was at the latest run; 0 when the promise is kept.",
+                "How long past its cutoff the oldest overdue item was at the latest run (or the start-up plan before one); 0 when the promise is kept.",
+                &["rule"],
+            )?,
+            plan_failed: gauge(
+                &r,
+                "retentiond_rule_plan_failed",
+                "1 when the rule's latest plan (at start-up) or run failed to reach its store, so its overdue and lag gauges are stale or absent.",
                 &["rule"],
             )?,
             store_errors: counter(&r, "retentiond_store_errors_total", "Failed store operations (connections, probes, runs).", &["store"])?,
@@ -81,12 +105,16 @@ impl Metrics {
                 g
             },
             registry: r,
+            ran: Default::default(),
         })
     }
 
     /// Records a finished rule run.
     pub fn record(&self, report: &RuleReport, seconds: f64) {
         let rule = report.rule.as_str();
+        if let Ok(mut ran) = self.ran.lock() {
+            ran.insert(rule.to_string());
+        }
         let outcome = serde_json::to_value(report.outcome)
             .ok()
             .and_then(|v| v.as_str().map(String::from))
@@ -113,14 +141,12 @@ impl Metrics {
                 .with_label_values(&[rule])
                 .set(chrono::Utc::now().timestamp());
         }
-        let lag = match (report.outcome, report.oldest, report.cutoff) {
-            (Outcome::Ok, _, _) if overdue == 0 => 0,
-            (_, Some(oldest), Some(cutoff)) if overdue > 0 => {
-                (cutoff - oldest).num_seconds().max(0)
-            }
-            _ => 0,
-        };
-        self.lag.with_label_values(&[rule]).set(lag);
+        self.lag
+            .with_label_values(&[rule])
+            .set(lag_seconds(overdue, report.oldest, report.cutoff));
+        self.plan_failed
+            .with_label_values(&[rule])
+            .set(i64::from(report.outcome == Outcome::Failed));
         if report.outcome == Outcome::Failed {
             self.store_errors
                 .with_label_values(&[report.store.as_str()])
@@ -128,6 +154,70 @@ impl Metrics {
         }
         // Touch the object counter so the series exists for every rule.
         self.objects_deleted.with_label_values(&[rule]).inc_by(0);
+    }
+
+    /// Sets a rule's series from its start-up plan (before any run): overdue
+    /// items are the plan's matched ones, the lag how long past the cutoff
+    /// the oldest of them is. A failed plan sets `retentiond_rule_plan_failed`
+    /// and leaves the overdue and lag gauges absent rather than claim 0.
+    /// Ignored once a run of the rule was recorded (its numbers are newer).
+    pub fn planned(&self, report: &RuleReport) {
+        let rule = report.rule.as_str();
+        // Held throughout: a run recorded meanwhile waits, then wins.
+        let ran = self.ran.lock();
+        if ran.as_ref().map_or(true, |ran| ran.contains(rule)) {
+            return;
+        }
+        self.touch(report);
+        let failed = report.outcome == Outcome::Failed;
+        self.plan_failed
+            .with_label_values(&[rule])
+            .set(i64::from(failed));
+        if failed {
+            self.store_error(&report.store);
+            return;
+        }
+        if let Some(c) = report.cutoff {
+            self.last_cutoff
+                .with_label_values(&[rule])
+                .set(c.timestamp());
+        }
+        self.overdue.with_label_values(&[rule]).set(report.matched);
+        self.lag.with_label_values(&[rule]).set(lag_seconds(
+            report.matched,
+            report.oldest,
+            report.cutoff,
+        ));
+    }
+
+    /// Marks a rule's start-up plan as failed (it did not answer in time).
+    pub fn mark_plan_failed(&self, report: &RuleReport) {
+        let mut failed = report.clone();
+        failed.outcome = Outcome::Failed;
+        self.planned(&failed);
+    }
+
+    /// Creates the rule's counters and histogram at 0, so every per-rule
+    /// series exists before its first run.
+    fn touch(&self, report: &RuleReport) {
+        let rule = report.rule.as_str();
+        match report.action {
+            "mask" => self.rows_masked.with_label_values(&[rule]).inc_by(0),
+            _ => self.rows_deleted.with_label_values(&[rule]).inc_by(0),
+        }
+        self.objects_deleted.with_label_values(&[rule]).inc_by(0);
+        for outcome in RUN_OUTCOMES {
+            self.runs.with_label_values(&[rule, outcome]).inc_by(0);
+        }
+        let _ = self.duration.with_label_values(&[rule]);
+    }
+
+    /// Sets when the rule's newest `ok` run finished, as the audit log says
+    /// (any replica's); 0 when it never ran ok.
+    pub fn set_last_success(&self, rule: &str, finished: Option<DateTime<Utc>>) {
+        self.last_success
+            .with_label_values(&[rule])
+            .set(finished.map_or(0, |f| f.timestamp()));
     }
 
     /// Counts a store error outside a rule run (probe, connection).

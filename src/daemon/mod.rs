@@ -3,7 +3,13 @@
 //! Each rule runs on its schedule ([`schedule`]); several replicas coordinate
 //! through the audit store (a per-rule advisory lock, see
 //! [`crate::audit::log::Claim`]); `/healthz`, `/readyz` and `/metrics` are
-//! served over HTTP ([`http`], [`metrics`]). SIGTERM or SIGINT stop the
+//! served over HTTP ([`http`], [`metrics`]).
+//!
+//! At start-up, before it reports ready, the daemon plans every rule and sets
+//! its per-rule series from the plan, so they exist from the first scrape;
+//! then the rules that are overdue (no `ok` run within their schedule's
+//! interval, or never) run once, claimed like scheduled runs, before the
+//! schedule takes over. SIGTERM or SIGINT stop the
 //! scheduling, let running rules finish their current batch within the grace
 //! period and record `interrupted`; SIGHUP reloads the rules file (a bad file
 //! keeps the old config). Store outages are retried with capped exponential
@@ -14,11 +20,11 @@ pub mod metrics;
 pub mod schedule;
 
 use crate::audit::{AuditLog, Signer};
-use crate::config::Config;
+use crate::config::{Config, Rule};
 use crate::engine::{Cancel, Claimed, Runner};
 use crate::plan::PlanOptions;
 use crate::store::Stores;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use metrics::Metrics;
 use schedule::RuleSchedule;
 use std::collections::HashMap;
@@ -101,10 +107,28 @@ pub async fn serve(options: ServeOptions) -> i32 {
         Some(g) => g,
         None => return finish(http, 0).await,
     };
+    let concurrency = options.max_concurrent_rules.max(1);
+    // Every rule's series before the first ready answer; a stop signal
+    // meanwhile ends the process (nothing has run yet).
+    let overdue = tokio::select! {
+        o = startup(&generation, &shared, concurrency) => o,
+        Some(Signal::Stop) = signals.recv() => return finish(http, 0).await,
+    };
     let cancel = Cancel::default();
-    let limit = Arc::new(Semaphore::new(options.max_concurrent_rules.max(1)));
+    let limit = Arc::new(Semaphore::new(concurrency));
     let (done_tx, mut done) = mpsc::unbounded_channel::<String>();
     let mut running: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
+    for name in overdue {
+        let handle = spawn_startup_run(
+            &generation,
+            &shared,
+            &cancel,
+            &limit,
+            &done_tx,
+            name.clone(),
+        );
+        running.insert(name, handle);
+    }
     let mut next = next_runs(&generation, &running);
     let probe = spawn_probe(
         shared.clone(),
@@ -150,6 +174,17 @@ pub async fn serve(options: ServeOptions) -> i32 {
                 Signal::Reload => {
                     match reload(&options, &generation, &shared).await {
                         Some(g) => {
+                            // New rules' series exist before their first run.
+                            let added: Vec<String> = g
+                                .config
+                                .rules
+                                .iter()
+                                .filter(|r| !generation.config.rules.iter().any(|o| o.name == r.name))
+                                .map(|r| r.name.clone())
+                                .collect();
+                            if !added.is_empty() {
+                                spawn_plans(&g, &shared, added, concurrency);
+                            }
                             generation = g;
                             next = next_runs(&generation, &running);
                             if let Some(p) = probe.take() {
@@ -363,7 +398,7 @@ fn spawn_rule(
     limit: &Arc<Semaphore>,
     done: &mpsc::UnboundedSender<String>,
     name: String,
-    slot: chrono::DateTime<Utc>,
+    slot: DateTime<Utc>,
 ) -> tokio::task::JoinHandle<()> {
     let (config, stores, audit) = (g.config.clone(), g.stores.clone(), g.audit.clone());
     let (shared, cancel, limit, done) =
@@ -372,33 +407,273 @@ fn spawn_rule(
         let _permit = limit.acquire_owned().await;
         if let Some(rule) = config.rules.iter().find(|r| r.name == name) {
             if !cancel.is_cancelled() {
-                let runner = Runner {
-                    config: &config,
-                    stores: &stores,
-                    audit: &audit,
-                    options: PlanOptions {
-                        for_run: true,
-                        ..PlanOptions::default()
-                    },
-                    cancel: cancel.clone(),
-                    progress: &(),
-                };
-                let started = std::time::Instant::now();
-                match runner.run_rule_in_slot(rule, Some(slot)).await {
-                    Claimed::Ran(report) => shared
-                        .metrics
-                        .record(&report, started.elapsed().as_secs_f64()),
-                    Claimed::Busy => {
-                        tracing::debug!(rule = %name, "Another replica is running this rule.")
-                    }
-                    Claimed::AlreadyServed => {
-                        tracing::debug!(rule = %name, "Another replica already served this slot.")
-                    }
+                run_in_slot(&config, &stores, &audit, &shared, &cancel, rule, slot).await;
+            }
+        }
+        let _ = done.send(name);
+    })
+}
+
+/// Runs `rule` for `slot` if this process can claim it and no run started
+/// at or after `slot`; records the run's metrics.
+async fn run_in_slot(
+    config: &Config,
+    stores: &Stores,
+    audit: &AuditLog,
+    shared: &Shared,
+    cancel: &Cancel,
+    rule: &Rule,
+    slot: DateTime<Utc>,
+) {
+    let runner = Runner {
+        config,
+        stores,
+        audit,
+        options: PlanOptions {
+            for_run: true,
+            ..PlanOptions::default()
+        },
+        cancel: cancel.clone(),
+        progress: &(),
+    };
+    let started = std::time::Instant::now();
+    match runner.run_rule_in_slot(rule, Some(slot)).await {
+        Claimed::Ran(report) => shared
+            .metrics
+            .record(&report, started.elapsed().as_secs_f64()),
+        Claimed::Busy => {
+            tracing::debug!(rule = %rule.name, "Another replica is running this rule.")
+        }
+        Claimed::AlreadyServed => {
+            tracing::debug!(rule = %rule.name, "Another replica already served this slot.")
+        }
+    }
+}
+
+/// How long the start-up plans may hold readiness back; plans still running
+/// then go on in the background and set their rule's series when done.
+const STARTUP_PLAN_WAIT: Duration = Duration::from_secs(20);
+
+/// The longest a start-up plan may take before its rule is shown as failed.
+const STARTUP_PLAN_MAX: Duration = Duration::from_secs(600);
+
+/// Start-up, before ready: plans every rule (at most `concurrency` at once)
+/// and sets its series, sets every rule's last success from the audit log,
+/// and returns the rules that look overdue (each is checked again under
+/// its claim before it runs).
+async fn startup(g: &Generation, shared: &Arc<Shared>, concurrency: usize) -> Vec<String> {
+    let started = std::time::Instant::now();
+    let names = g.config.rules.iter().map(|r| r.name.clone()).collect();
+    let mut plans = spawn_plans(g, shared, names, concurrency);
+    let now = Utc::now();
+    let checks = g.schedules.iter().map(|(name, schedule)| async move {
+        let last = tokio::time::timeout(PROBE_TIMEOUT * 5, g.audit.last_success(name)).await;
+        let last = match last {
+            Ok(Ok(last)) => {
+                shared.metrics.set_last_success(name, last);
+                Some(last)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(rule = %name, error = %e, "Could not read the rule's last success.");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(rule = %name, "Reading the rule's last success timed out.");
+                None
+            }
+        };
+        // Unknown counts as overdue: the check under the claim decides.
+        let overdue = last.is_none_or(|last| is_overdue(schedule, last, now));
+        overdue.then(|| name.clone())
+    });
+    let overdue: Vec<String> = futures_util::future::join_all(checks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    if tokio::time::timeout(STARTUP_PLAN_WAIT, &mut plans)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            wait_seconds = STARTUP_PLAN_WAIT.as_secs(),
+            "Start-up plans still running; ready without the numbers of the rules they have not finished, which follow when they do."
+        );
+    }
+    tracing::info!(
+        rules = g.config.rules.len(),
+        overdue = overdue.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "Start-up plan done."
+    );
+    overdue
+}
+
+/// Plans the rules `names` of `g` in the background (at most `concurrency`
+/// at once) and sets their series. Each PostgreSQL store is probed once
+/// first: a store that is down fails its rules' plans at once rather than
+/// hold each for the pool's whole acquire timeout.
+fn spawn_plans(
+    g: &Generation,
+    shared: &Arc<Shared>,
+    names: Vec<String>,
+    concurrency: usize,
+) -> tokio::task::JoinHandle<()> {
+    let (config, stores, shared) = (g.config.clone(), g.stores.clone(), shared.clone());
+    tokio::spawn(async move {
+        let probes = stores.all_postgres().map(|(name, pg)| async move {
+            (!answers(&pg.pool).await).then(|| (name.to_string(), pg.address()))
+        });
+        let down: HashMap<String, String> = futures_util::future::join_all(probes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let permits = Semaphore::new(concurrency.max(1));
+        let plans = config
+            .rules
+            .iter()
+            .filter(|r| names.contains(&r.name))
+            .map(|rule| async {
+                let _permit = permits.acquire().await;
+                startup_plan(&config, &stores, &shared, rule, &down).await;
+            });
+        futures_util::future::join_all(plans).await;
+    })
+}
+
+/// Plans `rule` and sets its series; a rule on a store in `down` (name →
+/// address), or a plan past [`STARTUP_PLAN_MAX`], shows as
+/// `retentiond_rule_plan_failed`.
+async fn startup_plan(
+    config: &Config,
+    stores: &Stores,
+    shared: &Shared,
+    rule: &Rule,
+    down: &HashMap<String, String>,
+) {
+    let report = match down.get(&rule.store) {
+        Some(address) => {
+            let mut r = crate::plan::RuleReport::new(rule);
+            r.outcome = crate::plan::Outcome::Failed;
+            r.reason = Some(format!(
+                "store `{}` ({address}) does not answer",
+                rule.store
+            ));
+            r
+        }
+        _ => {
+            let plan = crate::plan::prepare(config, stores, rule, PlanOptions::default());
+            match tokio::time::timeout(STARTUP_PLAN_MAX, plan).await {
+                Ok(p) => p.report,
+                Err(_) => {
+                    let mut r = crate::plan::RuleReport::new(rule);
+                    r.outcome = crate::plan::Outcome::Failed;
+                    r.reason = Some(format!(
+                        "the plan took over {}s",
+                        STARTUP_PLAN_MAX.as_secs()
+                    ));
+                    r
+                }
+            }
+        }
+    };
+    if report.outcome == crate::plan::Outcome::Failed {
+        tracing::warn!(rule = %rule.name, reason = report.reason.as_deref().unwrap_or_default(), "Start-up plan failed.");
+        shared.metrics.mark_plan_failed(&report);
+    } else {
+        tracing::debug!(rule = %rule.name, outcome = ?report.outcome, matched = report.matched, "Start-up plan.");
+        shared.metrics.planned(&report);
+    }
+}
+
+/// True when `rule`'s last `ok` run (None: never) is older than its
+/// schedule's interval. A schedule with no slot left is never overdue.
+fn is_overdue(schedule: &RuleSchedule, last: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    if schedule.next(now).is_none() {
+        return false;
+    }
+    match (last, schedule.interval(now)) {
+        (None, _) => true,
+        (Some(last), Some(interval)) => now - last > interval,
+        (Some(_), None) => false,
+    }
+}
+
+/// Runs an overdue rule once at start-up: under the rule's claim, checks it
+/// is still overdue (another replica may have run it meanwhile) and reads
+/// the audit database's clock; then runs it with that time as its slot, so
+/// a replica whose check came before another's run finds the slot served.
+fn spawn_startup_run(
+    g: &Generation,
+    shared: &Arc<Shared>,
+    cancel: &Cancel,
+    limit: &Arc<Semaphore>,
+    done: &mpsc::UnboundedSender<String>,
+    name: String,
+) -> tokio::task::JoinHandle<()> {
+    let (config, stores, audit) = (g.config.clone(), g.stores.clone(), g.audit.clone());
+    let schedule = g
+        .schedules
+        .iter()
+        .find(|(n, _)| n == &name)
+        .map(|(_, s)| s.clone());
+    let (shared, cancel, limit, done) =
+        (shared.clone(), cancel.clone(), limit.clone(), done.clone());
+    tokio::spawn(async move {
+        let _permit = limit.acquire_owned().await;
+        let rule = config.rules.iter().find(|r| r.name == name);
+        if let (Some(rule), Some(schedule)) = (rule, schedule) {
+            if !cancel.is_cancelled() {
+                if let Some(slot) = still_overdue(&audit, &name, &schedule).await {
+                    tracing::info!(rule = %name, "Overdue at start-up: running it now.");
+                    run_in_slot(&config, &stores, &audit, &shared, &cancel, rule, slot).await;
                 }
             }
         }
         let _ = done.send(name);
     })
+}
+
+/// Under `rule`'s claim: the audit database's time when the rule is still
+/// overdue, None when it is not, is claimed elsewhere, or cannot be checked.
+async fn still_overdue(
+    audit: &AuditLog,
+    rule: &str,
+    schedule: &RuleSchedule,
+) -> Option<DateTime<Utc>> {
+    let claim = match audit.claim(rule).await {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            tracing::info!(rule = %rule, "Overdue at start-up, but another process holds it; skipping.");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(rule = %rule, error = %e, "Could not claim an overdue rule at start-up; the schedule will run it.");
+            return None;
+        }
+    };
+    let checked = async {
+        let last = audit.last_success(rule).await?;
+        let now: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+            .fetch_one(audit.pool())
+            .await
+            .map_err(crate::audit::AuditError::from)?;
+        Ok::<_, crate::audit::AuditError>((last, now))
+    }
+    .await;
+    claim.release().await;
+    match checked {
+        Ok((last, db_now)) if is_overdue(schedule, last, Utc::now()) => Some(db_now),
+        Ok(_) => {
+            tracing::info!(rule = %rule, "Not overdue any more (run by another replica meanwhile); skipping.");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(rule = %rule, error = %e, "Could not check an overdue rule at start-up; the schedule will run it.");
+            None
+        }
+    }
 }
 
 /// True when the store answers `SELECT 1` within [`PROBE_TIMEOUT`] (a pool

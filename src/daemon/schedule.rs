@@ -37,13 +37,25 @@ impl RuleSchedule {
     /// plus the jitter offset). The slot is what replicas agree on.
     pub fn next(&self, after: DateTime<Utc>) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
         let slot = self.cron.after(&after).next()?;
-        Some((slot, slot + self.offset))
+        Some((slot, slot.checked_add_signed(self.offset)?))
+    }
+
+    /// The rule's period: the time between the first two slots strictly
+    /// after `at` (None when the schedule has fewer than two left).
+    pub fn interval(&self, at: DateTime<Utc>) -> Option<chrono::Duration> {
+        let mut slots = self.cron.after(&at);
+        let first = slots.next()?;
+        let second = slots.next()?;
+        Some(second - first)
     }
 }
 
 /// A fixed offset in `[0, jitter)` from the rule's name.
 fn offset(rule: &str, jitter: Duration) -> chrono::Duration {
-    let ms = jitter.as_millis() as u64;
+    // At most i64::MAX ms, so the offset fits a chrono::Duration (the
+    // config allows far less; this only keeps an absurd jitter from panicking).
+    let ms =
+        u64::try_from(jitter.as_millis()).map_or(i64::MAX as u64, |ms| ms.min(i64::MAX as u64));
     if ms == 0 {
         return chrono::Duration::zero();
     }
@@ -92,6 +104,31 @@ mod tests {
                 .unwrap()
                 .next(at(10, 0, 0))
         );
+    }
+
+    #[test]
+    fn schedule_absurd_jitter_does_not_panic() {
+        // Found by tests/integration/fuzz.rs: `slot + offset` overflowed.
+        for secs in [u64::MAX, 1 << 62, 9_223_372_036_854_776] {
+            let s = RuleSchedule::new("r", "* * * * * *", Duration::from_secs(secs)).unwrap();
+            if let Some((slot, start)) = s.next(at(10, 0, 0)) {
+                assert!(start >= slot);
+            }
+        }
+    }
+
+    #[test]
+    fn schedule_interval_is_the_gap_between_two_slots() {
+        let s = RuleSchedule::new("r", "0 */15 * * * *", Duration::from_secs(60)).unwrap();
+        assert_eq!(
+            s.interval(at(10, 7, 0)),
+            Some(chrono::Duration::minutes(15))
+        );
+        let yearly = RuleSchedule::new("r", "0 0 0 1 1 *", Duration::ZERO).unwrap();
+        let year = yearly.interval(at(10, 0, 0)).unwrap();
+        assert!(year >= chrono::Duration::days(365) && year <= chrono::Duration::days(366));
+        let once = RuleSchedule::new("r", "0 0 0 1 1 * 2027", Duration::ZERO).unwrap();
+        assert_eq!(once.interval(at(10, 0, 0)), None, "a single slot left");
     }
 
     #[test]

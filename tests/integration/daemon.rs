@@ -460,3 +460,264 @@ async fn daemon_survives_a_database_restart_mid_run() {
         "a later run completed"
     );
 }
+
+/// Once a year (January 1st): never due while a test runs.
+const YEARLY: &str = "0 0 0 1 1 *";
+
+/// The value of `series` (name and labels, as printed) in a scrape.
+fn metric(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Waits until the daemon's log contains `needle`.
+async fn wait_log(d: &Daemon, needle: &str) {
+    let start = Instant::now();
+    while !d.logs().contains(needle) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never logged {needle}:\n{}",
+            d.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn daemon_runs_overdue_rules_at_startup_but_not_recently_run_ones() {
+    let env = Env::new().await;
+    env.db
+        .exec(
+            "CREATE TABLE y (id int primary key, at timestamptz);
+             INSERT INTO y SELECT i, now() - interval '40 days' FROM generate_series(1, 5) i;
+             INSERT INTO y VALUES (100, now());
+             CREATE TABLE r (id int primary key, at timestamptz);
+             INSERT INTO r SELECT i, now() - interval '40 days' FROM generate_series(1, 3) i;",
+        )
+        .await;
+    let cfg = env.config(&format!(
+        "{}{}",
+        rule("never-ran", "y", YEARLY, ""),
+        rule("recent", "r", YEARLY, "")
+    ));
+    // `recent` succeeded a moment ago; more of its rows fall due after.
+    let out = json_cmd("run", &cfg, &["--rule", "recent"]);
+    assert_eq!(out.code, 0, "{out}");
+    env.db
+        .exec("INSERT INTO r SELECT i, now() - interval '40 days' FROM generate_series(11, 14) i;")
+        .await;
+    let d = Daemon::start(&cfg, "serve.log", "5s");
+    wait_for(
+        &env,
+        "SELECT (count(*) = 1)::int::int8 FROM y",
+        "the start-up run of the rule that never ran",
+    )
+    .await;
+    wait_for(
+        &env,
+        "SELECT count(*) FROM retentiond.audit_log WHERE kind = 'run_outcome' AND rule = 'never-ran'",
+        "its outcome record",
+    )
+    .await;
+    d.wait_ready();
+    wait_log(&d, "\"message\":\"Start-up plan done.\"").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (code, _, logs) = d.terminate();
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(
+        logs.contains("Overdue at start-up: running it now."),
+        "{logs}"
+    );
+
+    let records = chain::assert_valid(&env.db.pool, &load_public(&env.public_key).unwrap()).await;
+    let outcomes = chain::of(&records, "run_outcome", "never-ran");
+    assert_eq!(outcomes.len(), 1, "run once: {outcomes:?}");
+    assert_eq!(outcomes[0]["outcome"], "ok", "{}", outcomes[0]);
+    assert_eq!(outcomes[0]["counts"]["affected"], 5, "{}", outcomes[0]);
+    assert_eq!(
+        chain::of(&records, "run_intent", "recent").len(),
+        1,
+        "the recently run rule was not run at start-up (only the CLI's run)"
+    );
+    assert_eq!(
+        env.db.count("SELECT count(*) FROM r").await,
+        4,
+        "its due rows wait for its schedule"
+    );
+}
+
+#[tokio::test]
+async fn daemon_first_ready_scrape_shows_every_rules_plan_numbers() {
+    let env = Env::new().await;
+    env.db
+        .exec(
+            "CREATE TABLE p (id int primary key, at timestamptz);
+             INSERT INTO p SELECT i, now() FROM generate_series(1, 2) i;
+             CREATE TABLE q (id int primary key, at timestamptz);
+             INSERT INTO q SELECT i, now() FROM generate_series(1, 2) i;",
+        )
+        .await;
+    let cfg = env.config(&format!(
+        "{}{}",
+        rule("p-30d", "p", YEARLY, ""),
+        rule("q-30d", "q", YEARLY, "")
+    ));
+    // Both ran ok just now (so neither runs at start-up); then 7 of p's
+    // rows fall due, the oldest 10 days past its cutoff.
+    let out = json_cmd("run", &cfg, &[]);
+    assert_eq!(out.code, 0, "{out}");
+    env.db
+        .exec(
+            "INSERT INTO p SELECT i, now() - interval '40 days' + (i || ' minutes')::interval FROM generate_series(10, 16) i;",
+        )
+        .await;
+    let plan = json_cmd("plan", &cfg, &[]);
+    assert_eq!(plan.code, 0, "{plan}");
+    let ts = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
+            .unwrap()
+            .timestamp()
+    };
+    let p = plan.rule("p-30d");
+    assert_eq!(p["matched"], 7, "{p}");
+    let plan_lag = ts(&p["cutoff"]) - ts(&p["oldest"]);
+    assert_eq!(plan.rule("q-30d")["matched"], 0);
+
+    let d = Daemon::start(&cfg, "serve.log", "5s");
+    d.wait_ready();
+    let (status, metrics) = d.get("/metrics").unwrap();
+    assert_eq!(status, 200);
+    let get = |series: &str| {
+        metric(&metrics, series).unwrap_or_else(|| panic!("no {series} in:\n{metrics}"))
+    };
+    assert_eq!(get("retentiond_overdue_items{rule=\"p-30d\"}"), 7.0);
+    assert_eq!(get("retentiond_overdue_items{rule=\"q-30d\"}"), 0.0);
+    let lag = get("retentiond_compliance_lag_seconds{rule=\"p-30d\"}") as i64;
+    assert!(
+        (lag - plan_lag).abs() <= 30 && (lag - 10 * 86_400 + 600).abs() <= 60,
+        "lag {lag}s, the plan's {plan_lag}s"
+    );
+    assert_eq!(
+        get("retentiond_compliance_lag_seconds{rule=\"q-30d\"}"),
+        0.0
+    );
+    for rule in ["p-30d", "q-30d"] {
+        assert_eq!(
+            get(&format!("retentiond_rule_plan_failed{{rule=\"{rule}\"}}")),
+            0.0
+        );
+        assert_eq!(
+            get(&format!("retentiond_rows_deleted_total{{rule=\"{rule}\"}}")),
+            0.0
+        );
+        let last = get(&format!(
+            "retentiond_last_success_timestamp_seconds{{rule=\"{rule}\"}}"
+        ));
+        assert!(
+            (chrono::Utc::now().timestamp() as f64 - last).abs() < 120.0,
+            "the CLI's run is the last success: {last}"
+        );
+        assert!(
+            get(&format!(
+                "retentiond_last_cutoff_timestamp_seconds{{rule=\"{rule}\"}}"
+            )) > 0.0
+        );
+    }
+    let (code, _, logs) = d.terminate();
+    assert_eq!(code, Some(0), "{logs}");
+    assert_eq!(
+        env.db.count("SELECT count(*) FROM p").await,
+        9,
+        "planned, not run"
+    );
+}
+
+#[tokio::test]
+async fn daemon_two_replicas_starting_together_run_an_overdue_rule_once() {
+    let env = Env::new().await;
+    env.db
+        .exec(
+            "CREATE TABLE o (id int primary key, at timestamptz);
+             INSERT INTO o SELECT i, now() - interval '40 days' FROM generate_series(1, 20000) i;
+             INSERT INTO o VALUES (0, now());",
+        )
+        .await;
+    let cfg = env.config(&rule("o", "o", YEARLY, "batch_size = 500"));
+    let a = Daemon::start(&cfg, "a.log", "5s");
+    let b = Daemon::start(&cfg, "b.log", "5s");
+    wait_for(
+        &env,
+        "SELECT (count(*) = 1)::int::int8 FROM o",
+        "the start-up run",
+    )
+    .await;
+    for d in [&a, &b] {
+        d.wait_ready();
+        wait_log(d, "\"message\":\"Start-up plan done.\"").await;
+    }
+    // Whichever replica did not run it has had time to decide.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code_a, _, logs_a) = a.terminate();
+    let (code_b, _, logs_b) = b.terminate();
+    assert_eq!((code_a, code_b), (Some(0), Some(0)), "{logs_a}\n{logs_b}");
+    let records = chain::assert_valid(&env.db.pool, &load_public(&env.public_key).unwrap()).await;
+    let intents = chain::of(&records, "run_intent", "o");
+    assert_eq!(intents.len(), 1, "one run: {intents:?}\n{logs_a}\n{logs_b}");
+    let outcomes = chain::of(&records, "run_outcome", "o");
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_eq!(outcomes[0]["outcome"], "ok");
+    assert_eq!(outcomes[0]["counts"]["affected"], 20000);
+}
+
+#[tokio::test]
+async fn daemon_startup_plan_of_a_store_that_is_down_shows_the_failure() {
+    let env = Env::new().await;
+    env.db
+        .exec(
+            "CREATE TABLE t (id int primary key, at timestamptz); INSERT INTO t VALUES (1, now());",
+        )
+        .await;
+    // Nothing listens on this port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = env.config(&format!(
+        "[stores.gone]\ntype = \"postgres\"\nurl = \"postgres://nobody:x@127.0.0.1:{port}/nothing\"\n\n{}{}",
+        rule("t-30d", "t", YEARLY, ""),
+        rule("gone-30d", "t", YEARLY, "").replace("store = \"app\"", "store = \"gone\"")
+    ));
+    let d = Daemon::start(&cfg, "serve.log", "1s");
+    let start = Instant::now();
+    let metrics = loop {
+        if let Some((200, m)) = d.get("/metrics") {
+            if m.contains("retentiond_rule_plan_failed{rule=\"gone-30d\"} 1") {
+                break m;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the down store's rule never showed its failed plan:\n{}",
+            d.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        metrics.contains("retentiond_overdue_items{rule=\"t-30d\"}"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("retentiond_overdue_items{rule=\"gone-30d\"}"),
+        "no made-up 0 for the rule that could not be planned:\n{metrics}"
+    );
+    assert_eq!(
+        d.get("/readyz").map(|r| r.0),
+        Some(503),
+        "not ready while a store is down"
+    );
+    let (code, _, logs) = d.terminate();
+    assert_eq!(code, Some(0), "{logs}");
+    assert!(logs.contains("Start-up plan failed."), "{logs}");
+}

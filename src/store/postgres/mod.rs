@@ -78,7 +78,9 @@ impl PgStore {
 
     /// Opens one connection (at most [`PROBE_TIMEOUT`]) to learn whether the
     /// store is reachable, and why not: refused, DNS, TLS, authentication.
-    /// A pool would retry silently until its acquire timeout instead.
+    /// A pool would retry silently until its acquire timeout instead. For
+    /// one-shot commands: a store found down stays marked down for the life
+    /// of this `PgStore` (the daemon probes on its own, and keeps retrying).
     pub async fn probe(&self) -> Result<(), String> {
         use sqlx::Connection;
         let options = self.pool.connect_options();
