@@ -24,6 +24,7 @@ pub struct Metrics {
     last_cutoff: IntGaugeVec,
     overdue: IntGaugeVec,
     lag: IntGaugeVec,
+    interval: IntGaugeVec,
     plan_failed: IntGaugeVec,
     store_errors: IntCounterVec,
     ready: IntGauge,
@@ -92,6 +93,12 @@ impl Metrics {
                 "How long past its cutoff the oldest overdue item was at the latest run (or the start-up plan before one); 0 when the promise is kept.",
                 &["rule"],
             )?,
+            interval: gauge(
+                &r,
+                "retentiond_rule_interval_seconds",
+                "Seconds between two scheduled runs of the rule: how late a run may be before the promise lags (alerts compare the lag with it).",
+                &["rule"],
+            )?,
             plan_failed: gauge(
                 &r,
                 "retentiond_rule_plan_failed",
@@ -107,6 +114,18 @@ impl Metrics {
             registry: r,
             ran: Default::default(),
         })
+    }
+
+    /// Sets every rule's schedule interval (start-up and reload).
+    pub fn set_intervals(&self, schedules: &[(String, super::schedule::RuleSchedule)]) {
+        let now = chrono::Utc::now();
+        for (rule, schedule) in schedules {
+            if let Some(interval) = schedule.interval(now) {
+                self.interval
+                    .with_label_values(&[rule.as_str()])
+                    .set(interval.num_seconds());
+            }
+        }
     }
 
     /// Records a finished rule run.

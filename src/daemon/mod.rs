@@ -275,6 +275,7 @@ async fn connect(
         match open_generation(config).await {
             Ok(g) => {
                 record_config(&g, "serve").await;
+                shared.metrics.set_intervals(&g.schedules);
                 return Some(g);
             }
             Err((store, e)) => {
@@ -367,6 +368,7 @@ async fn reload(
     match open_generation(&config).await {
         Ok(g) => {
             record_config(&g, "serve (reload)").await;
+            shared.metrics.set_intervals(&g.schedules);
             tracing::info!(rules = g.config.rules.len(), "Reloaded the rules file.");
             Some(g)
         }

@@ -607,6 +607,14 @@ async fn daemon_first_ready_scrape_shows_every_rules_plan_numbers() {
             get(&format!("retentiond_rule_plan_failed{{rule=\"{rule}\"}}")),
             0.0
         );
+        // A yearly schedule: 365 or 366 days between slots.
+        let interval = get(&format!(
+            "retentiond_rule_interval_seconds{{rule=\"{rule}\"}}"
+        ));
+        assert!(
+            (365.0 * 86_400.0..=366.0 * 86_400.0).contains(&interval),
+            "{interval}"
+        );
         assert_eq!(
             get(&format!("retentiond_rows_deleted_total{{rule=\"{rule}\"}}")),
             0.0
