@@ -162,28 +162,28 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// A purge report for auditors over [--from, --to): per rule, the
-    /// promise, runs, rows removed, compliance lag, guards, holds, failures.
+    /// A report for auditors: the whole audit log is verified first (a log
+    /// that does not verify gets no report), then per promise over
+    /// [--from, --to): runs, rows deleted, masked and cascaded, what was
+    /// kept back, the latest cutoff and the compliance lag, with the holds,
+    /// guards and config hashes in force. Needs only the public key.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = concat!(
+            "Examples:\n  retentiond report --file audit.jsonl --public-key signing.pub.pem --checkpoint checkpoints.jsonl --out report.html\n  \
+             retentiond report --db postgres://auditor@db/app --public-key signing.pub.pem --from 2026-11-01 --to 2026-12-01 --format json\n  \
+             retentiond report -c retention.toml --from 2026-11-01 --to 2026-12-01 --out report.html   # also writes report.html.sig\n  \
+             retentiond report verify --public-key signing.pub.pem report.html\n\n",
+            exit_codes!()
+        )
+    )]
     Report {
-        /// The rules file.
-        #[arg(short, long, env = "RETENTIOND_CONFIG")]
-        config: PathBuf,
-        /// Start of the period (RFC 3339 or a date, UTC), inclusive.
-        #[arg(long, value_parser = parse_time)]
-        from: DateTime<Utc>,
-        /// End of the period, exclusive.
-        #[arg(long, value_parser = parse_time)]
-        to: DateTime<Utc>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = audit_cmd::ReportFormat::Html)]
-        format: audit_cmd::ReportFormat,
-        /// Write here instead of stdout.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// More public keys to verify with (rotated keys); the config's
-        /// signing key is always used.
-        #[arg(long = "public-key")]
-        public_keys: Vec<PathBuf>,
+        /// `report verify`: check a report's signature.
+        #[command(subcommand)]
+        command: Option<audit_cmd::ReportCommand>,
+        /// Where the log is, the period, the output.
+        #[command(flatten)]
+        args: audit_cmd::ReportArgs,
     },
     /// Read the audit log.
     Audit {
@@ -333,14 +333,14 @@ pub async fn run(cli: Cli) -> i32 {
             }
             Err(e) => fail(exit::FAILED, e),
         },
-        Command::Report {
-            config,
-            from,
-            to,
-            format,
-            out,
-            public_keys,
-        } => audit_cmd::report(&config, from, to, format, out.as_deref(), &public_keys).await,
+        Command::Report { command, args } => match command {
+            Some(audit_cmd::ReportCommand::Verify {
+                public_keys,
+                report,
+                signature,
+            }) => audit_cmd::verify_report(&public_keys, &report, signature.as_deref()),
+            None => audit_cmd::report(args).await,
+        },
         Command::Audit { command } => match command {
             AuditCommand::Log {
                 config,

@@ -44,6 +44,17 @@ pub struct Config {
     pub guards: Vec<Guard>,
     /// `[[holds]]`: legal holds.
     pub holds: Vec<Hold>,
+    /// `[report]`.
+    pub report: ReportSettings,
+}
+
+/// `[report]`: what `retentiond report` names the report's subject.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportSettings {
+    /// The organisation whose promises these are.
+    pub organisation: Option<String>,
+    /// The system the rules apply to.
+    pub system: Option<String>,
 }
 
 /// The file a config was read from.

@@ -28,6 +28,7 @@ pub struct RawConfig {
     pub guards: Vec<Spanned<RawGuard>>,
     #[serde(default)]
     pub holds: Vec<Spanned<RawHold>>,
+    pub report: Option<RawReport>,
 }
 
 /// Settings every rule inherits and may override; the same keys appear on
@@ -52,6 +53,14 @@ pub struct RawAudit {
     pub signing_key: Option<SStr>,
     pub jsonl: Option<SStr>,
     pub checkpoints: Option<SStr>,
+}
+
+/// `[report]`: who and what `retentiond report` names.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReport {
+    pub organisation: Option<SStr>,
+    pub system: Option<SStr>,
 }
 
 /// `[stores.NAME]`: the union of every store type's keys.

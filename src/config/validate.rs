@@ -168,6 +168,13 @@ pub(super) fn validate(
     let guards = guards(&mut cx, &raw, &stores);
     let holds = holds(&mut cx, &raw, &stores);
     let rules = rules(&mut cx, &raw, &stores, &defaults, &guards);
+    let report = ReportSettings {
+        organisation: raw
+            .report
+            .as_ref()
+            .and_then(|r| cx.opt_string(&r.organisation)),
+        system: raw.report.as_ref().and_then(|r| cx.opt_string(&r.system)),
+    };
 
     let mut problems = std::mem::take(&mut cx.problems);
     if problems.is_empty() {
@@ -189,6 +196,7 @@ pub(super) fn validate(
             rules,
             guards: guards.into_iter().map(|(g, _)| g).collect(),
             holds,
+            report,
         })
     } else {
         problems.sort_by_key(|p| p.span.offset());
