@@ -271,6 +271,8 @@ fn config_every_help_has_examples_and_exit_codes() {
         &["audit", "verify", "--help"],
         &["audit", "export", "--help"],
         &["audit", "head", "--help"],
+        &["report", "--help"],
+        &["report", "verify", "--help"],
     ] {
         let out = retentiond(cmd, &[]);
         assert_eq!(out.code, 0, "{cmd:?}: {out}");
