@@ -317,13 +317,21 @@ pub async fn run(cli: Cli) -> i32 {
             grace_period,
             max_concurrent_rules,
         } => {
-            crate::daemon::serve(crate::daemon::ServeOptions {
+            let loaded = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let options = crate::daemon::ServeOptions {
                 config,
                 listen,
                 grace: grace_period,
                 max_concurrent_rules,
-            })
-            .await
+            };
+            match crate::daemon::serve(loaded, options, crate::daemon::os_signals()).await {
+                Ok(()) => exit::OK,
+                Err(e @ crate::daemon::ServeError::Config(_)) => fail(exit::USAGE, e),
+                Err(e) => fail(exit::FAILED, e),
+            }
         }
         Command::Migrate { config, grant_to } => migrate_cmd(&config, grant_to.as_deref()).await,
         Command::Keygen { out } => match audit::key::generate(&out) {

@@ -69,50 +69,44 @@ const BACKOFF_START: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 /// Runs the service until a signal stops it; returns the exit code.
-pub async fn serve(options: ServeOptions) -> i32 {
-    let config = match crate::cli::load(&options.config) {
-        Ok(c) => Arc::new(c),
-        Err(code) => return code,
-    };
+///
+/// `config` is the loaded rules file (`options.config` is re-read on
+/// SIGHUP); `signals` is where stop and reload requests come from: the
+/// process's own ([`os_signals`]), or a test's.
+pub async fn serve(
+    config: Config,
+    options: ServeOptions,
+    mut signals: mpsc::UnboundedReceiver<Signal>,
+) -> Result<(), ServeError> {
+    let config = Arc::new(config);
     if config.audit.is_none() {
-        eprintln!("error: serve writes audit records and needs an [audit] section");
-        return crate::cli::exit::USAGE;
+        return Err(ServeError::Config(
+            "serve writes audit records and needs an [audit] section".into(),
+        ));
     }
-    let metrics = match Metrics::new() {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("error: metrics: {e}");
-            return crate::cli::exit::FAILED;
-        }
-    };
+    let metrics = Metrics::new().map_err(|e| ServeError::Failed(format!("metrics: {e}")))?;
     let shared = Arc::new(Shared {
         metrics,
         ready: AtomicBool::new(false),
     });
-    let listener = match tokio::net::TcpListener::bind(options.listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", options.listen);
-            return crate::cli::exit::FAILED;
-        }
-    };
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|e| ServeError::Failed(format!("cannot listen on {}: {e}", options.listen)))?;
     tracing::info!(listen = %options.listen, rules = config.rules.len(), "Serving.");
     let stop = Cancel::default();
     let http_stop = stop.clone();
     let http = tokio::spawn(http::serve(listener, shared.clone(), http_stop));
-    let (signals_tx, mut signals) = mpsc::unbounded_channel();
-    spawn_signal_handlers(signals_tx);
 
     let mut generation = match connect(&config, &shared, &stop, &mut signals).await {
         Some(g) => g,
-        None => return finish(http, 0).await,
+        None => return finish(http).await,
     };
     let concurrency = options.max_concurrent_rules.max(1);
     // Every rule's series before the first ready answer; a stop signal
     // meanwhile ends the process (nothing has run yet).
     let overdue = tokio::select! {
         o = startup(&generation, &shared, concurrency) => o,
-        Some(Signal::Stop) = signals.recv() => return finish(http, 0).await,
+        Some(Signal::Stop) = signals.recv() => return finish(http).await,
     };
     let cancel = Cancel::default();
     let limit = Arc::new(Semaphore::new(concurrency));
@@ -216,19 +210,41 @@ pub async fn serve(options: ServeOptions) -> i32 {
         p.abort();
     }
     stop.cancel();
-    finish(http, 0).await
+    finish(http).await
 }
 
-async fn finish(http: tokio::task::JoinHandle<()>, code: i32) -> i32 {
+async fn finish(http: tokio::task::JoinHandle<()>) -> Result<(), ServeError> {
     http.abort();
     let _ = http.await;
-    code
+    Ok(())
 }
 
-/// Signals the main loop reacts to.
-enum Signal {
+/// Why `serve` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The rules file does not allow serving.
+    #[error("{0}")]
+    Config(String),
+    /// Something the process needs failed (the HTTP listener, metrics).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What the main loop is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Finish the running batches and exit (SIGTERM, SIGINT).
     Stop,
+    /// Re-read the rules file (SIGHUP).
     Reload,
+}
+
+/// The process's SIGTERM and SIGINT (stop) and SIGHUP (reload), as
+/// [`Signal`]s for [`serve`].
+pub fn os_signals() -> mpsc::UnboundedReceiver<Signal> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    spawn_signal_handlers(tx);
+    rx
 }
 
 fn spawn_signal_handlers(tx: mpsc::UnboundedSender<Signal>) {

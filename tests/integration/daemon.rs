@@ -701,7 +701,11 @@ async fn daemon_startup_plan_of_a_store_that_is_down_shows_the_failure() {
     let start = Instant::now();
     let metrics = loop {
         if let Some((200, m)) = d.get("/metrics") {
-            if m.contains("retentiond_rule_plan_failed{rule=\"gone-30d\"} 1") {
+            // Both plans done: the down store's failed, the other's set
+            // (under load either may finish first).
+            if m.contains("retentiond_rule_plan_failed{rule=\"gone-30d\"} 1")
+                && m.contains("retentiond_overdue_items{rule=\"t-30d\"}")
+            {
                 break m;
             }
         }
