@@ -32,6 +32,14 @@ pub fn check(text: &str) -> Result<(), NotOneExpression> {
     let sql = format!("SELECT 1 WHERE {text}\n");
     let parsed = pg_query::parse(&sql, pg_query::ParserOptions::DEFAULT)
         .map_err(|e| NotOneExpression(parse_message(&e)))?;
+    // As it is used, too: a trailing `;` (which the parser above takes for
+    // the end of a statement) is a syntax error inside the parentheses.
+    let wrapped = format!(
+        "SELECT 1 WHERE {}",
+        crate::store::postgres::sql::user_expr(text)
+    );
+    pg_query::parse(&wrapped, pg_query::ParserOptions::DEFAULT)
+        .map_err(|e| NotOneExpression(parse_message(&e)))?;
     let stmts = &parsed.protobuf.stmts;
     if stmts.len() != 1 {
         return Err(NotOneExpression(format!(
@@ -131,6 +139,8 @@ mod tests {
             "   ",
             "a\0b",
             "t.ctid >= $1",
+            "true;",
+            "true; -- x",
             "note = $3::text",
         ] {
             assert!(check(bad).is_err(), "{bad:?} passed");
