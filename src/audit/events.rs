@@ -10,6 +10,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
+/// The `protected_by` key of a legal hold.
+pub fn hold_label(name: &str) -> String {
+    format!("hold {name}")
+}
+
+/// The `protected_by` key of a guard.
+pub fn guard_label(g: &crate::config::Guard) -> String {
+    format!("guard {}.{} min_keep {}", g.table, g.age, g.min_keep)
+}
+
 /// What identifies a rule run and the promise it kept, in both records.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RuleRun {
@@ -46,6 +56,11 @@ pub struct Planned {
     pub matched: i64,
     /// Due but kept by a guard, hold, cascade or lock.
     pub protected: i64,
+    /// Of `protected`, what each guard (`guard <table>.<age> min_keep
+    /// <keep>`), hold (`hold <name>`) or store lock (`store lock`) keeps; a
+    /// row two of them keep counts for both.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub protected_by: BTreeMap<String, i64>,
     /// Rows or objects under the rule (the `max_fraction` base).
     pub total: i64,
     /// Batches expected.
@@ -89,6 +104,9 @@ pub struct Counts {
     /// Due but kept by a guard, hold, cascade or lock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protected: Option<i64>,
+    /// Of `protected`, by guard, hold or store lock (as in [`Planned`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub protected_by: BTreeMap<String, i64>,
     /// Batches committed.
     pub batches: i64,
     /// Rows removed from other tables by `ON DELETE CASCADE`.

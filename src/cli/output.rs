@@ -176,6 +176,14 @@ fn print_table(reports: &[RuleReport], at: DateTime<Utc>, run: bool) {
                 counts_text(&r.cascaded, "row(s)")
             ));
         }
+        if !r.protected_by.is_empty() {
+            let by: Vec<String> = r
+                .protected_by
+                .iter()
+                .map(|(floor, n)| format!("{floor}: {n}"))
+                .collect();
+            say(&format!("  {}: kept back by {}", r.rule, by.join(", ")));
+        }
         if !r.skipped.is_empty() {
             say(&format!(
                 "  {}: kept because they cannot be touched safely: {}",

@@ -7,8 +7,7 @@ use crate::audit::log::Claim;
 use crate::config::Rule;
 use crate::plan::blob::Selection;
 use crate::plan::Outcome;
-use crate::store::blob::BlobStore;
-use crate::store::blob::StoreError;
+use crate::store::blob::{confirm_gone, BlobRef, BlobStore, StoreError};
 use crate::store::postgres::progress::{self, Totals};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use std::collections::{BTreeMap, BTreeSet};
@@ -87,6 +86,7 @@ pub async fn execute(
             break;
         };
         done.batches += 1;
+        let results = confirm_uncertain(store, rule, chunk, results).await;
         for (item, result) in chunk.iter().zip(results) {
             match result {
                 Ok(()) => {
@@ -140,4 +140,42 @@ pub async fn execute(
         ));
     }
     done
+}
+
+/// Items whose delete failed for a reason that leaves doubt (a network or
+/// service error after retries: the store may have acted before its answer
+/// was lost) are listed again; those it no longer has count as deleted, so
+/// the signed log counts them, since no later run will see them.
+async fn confirm_uncertain(
+    store: &dyn BlobStore,
+    rule: &Rule,
+    chunk: &[BlobRef],
+    mut results: Vec<Result<(), StoreError>>,
+) -> Vec<Result<(), StoreError>> {
+    let doubtful: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r, Err(StoreError::Other(_))))
+        .map(|(i, _)| i)
+        .collect();
+    if doubtful.is_empty() {
+        return results;
+    }
+    let items: Vec<&BlobRef> = doubtful.iter().map(|&i| &chunk[i]).collect();
+    let gone = confirm_gone(store, &items).await;
+    let confirmed = gone.iter().filter(|g| **g).count();
+    if confirmed > 0 {
+        tracing::warn!(
+            rule = %rule.name,
+            confirmed,
+            failed = doubtful.len(),
+            "A delete call failed, but listing again shows the store did remove these items; they are counted as deleted."
+        );
+    }
+    for (i, gone) in doubtful.into_iter().zip(gone) {
+        if gone {
+            results[i] = Ok(());
+        }
+    }
+    results
 }

@@ -462,6 +462,7 @@ fn intent_event(
         planned: Planned {
             matched: report.matched,
             protected: report.protected,
+            protected_by: report.protected_by.clone(),
             total: report.total,
             batches: report.batches,
             cascaded: report.cascaded.clone(),
@@ -493,6 +494,7 @@ fn outcome_event(
             matched: Some(report.matched),
             affected: report.affected.unwrap_or(0),
             protected: Some(report.protected),
+            protected_by: report.protected_by.clone(),
             batches: report.batches,
             cascaded: report.cascaded.clone(),
             skipped: report.skipped.clone(),

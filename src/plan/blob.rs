@@ -26,6 +26,9 @@ pub struct Selection {
     pub matched: i64,
     /// Keys kept back by a store lock or a hold.
     pub protected: i64,
+    /// Of `protected`, the keys each hold (`hold <name>`) or store lock
+    /// (`store lock`) keeps; a key kept by both counts for both.
+    pub protected_by: BTreeMap<String, i64>,
     /// Keys under the prefix (the `max_fraction` base).
     pub total: i64,
     /// Versions and delete markers in `due`.
@@ -59,13 +62,16 @@ fn group_of(key: &str, depth: u32) -> String {
         .join("/")
 }
 
+/// The `protected_by` key of versions the store itself locks.
+pub const STORE_LOCK: &str = "store lock";
+
 /// Selects what `rule` removes from `listing` at `cutoff`; `held` are the
-/// prefixes of holds on this store.
+/// holds on this store, as (name, prefix).
 pub fn select(
     listing: &[BlobMeta],
     rule: &PrefixRule,
     cutoff: DateTime<Utc>,
-    held: &[String],
+    held: &[(String, String)],
 ) -> Selection {
     let objects = || listing.iter().filter(|m| !m.delete_marker && !m.pending);
     let keys: BTreeSet<&str> = objects().map(|m| m.key.as_str()).collect();
@@ -114,9 +120,11 @@ pub fn select(
             .iter()
             .all(|(k, v)| m.metadata.get(k) == Some(v))
     };
-    let is_held = |m: &BlobMeta| m.locked.is_some() || held.iter().any(|h| m.key.starts_with(h));
+    let is_held =
+        |m: &BlobMeta| m.locked.is_some() || held.iter().any(|(_, p)| m.key.starts_with(p));
     let mut matched: BTreeSet<&str> = BTreeSet::new();
     let mut protected: BTreeSet<&str> = BTreeSet::new();
+    let mut protected_by: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
     let take = |s: &mut Selection, m: &BlobMeta| {
         let version = match rule.versions {
             Versions::All => m.version.clone(),
@@ -138,6 +146,18 @@ pub fn select(
         }
         if is_held(m) {
             protected.insert(&m.key);
+            if m.locked.is_some() {
+                protected_by
+                    .entry(STORE_LOCK.to_string())
+                    .or_default()
+                    .insert(&m.key);
+            }
+            for (name, _) in held.iter().filter(|(_, p)| m.key.starts_with(p)) {
+                protected_by
+                    .entry(crate::audit::events::hold_label(name))
+                    .or_default()
+                    .insert(&m.key);
+            }
             continue;
         }
         if !m.pending {
@@ -161,6 +181,11 @@ pub fn select(
     }
     s.matched = matched.len() as i64;
     s.protected = protected.difference(&matched).count() as i64;
+    s.protected_by = protected_by
+        .into_iter()
+        .map(|(label, keys)| (label, keys.difference(&matched).count() as i64))
+        .filter(|(_, n)| *n > 0)
+        .collect();
     s
 }
 
@@ -265,9 +290,14 @@ mod tests {
             locked,
             obj("a/held/x", 1),
         ];
-        let s = select(&listing, &rule("a/"), t(5), &["a/held/".to_string()]);
+        let held = [("case-7".to_string(), "a/held/".to_string())];
+        let s = select(&listing, &rule("a/"), t(5), &held);
         assert_eq!(keys(&s), ["a/old", "a/at"], "exactly at the cutoff expires");
         assert_eq!((s.matched, s.protected, s.total, s.bytes), (2, 2, 5, 20));
+        assert_eq!(
+            s.protected_by,
+            BTreeMap::from([("hold case-7".to_string(), 1), (STORE_LOCK.to_string(), 1)])
+        );
     }
 
     #[test]

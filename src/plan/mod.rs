@@ -53,6 +53,9 @@ pub struct RuleReport {
     pub matched: i64,
     /// Due rows a guard, hold or cascade keeps back.
     pub protected: i64,
+    /// Of `protected`, what each guard, hold or store lock keeps back (a
+    /// row kept by two counts for both).
+    pub protected_by: BTreeMap<String, i64>,
     /// Due rows whose text IP value does not parse (mask rules).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unparsable: Option<i64>,
@@ -185,6 +188,7 @@ impl RuleReport {
             cutoff: None,
             matched: 0,
             protected: 0,
+            protected_by: BTreeMap::new(),
             unparsable: None,
             versions: None,
             objects: None,
@@ -297,7 +301,12 @@ pub async fn prepare(
         Err(SchemaError::Target(e)) => return report.refuse(e.message),
         Err(SchemaError::Db(e)) => return report.fail(describe_db_error(&e)),
     };
-    apply_counts(&mut report, &resolved, counts, rule.settings.batch_size);
+    apply_counts(
+        &mut report,
+        &resolved,
+        counts.clone(),
+        rule.settings.batch_size,
+    );
     report.cascaded = cascaded;
     report.notes = resolved.notes.clone();
     if let Some(reason) = cap_exceeded(
@@ -376,12 +385,12 @@ async fn prepare_blob(
             }
             Err(e) => return report.fail(format!("{store}: listing {}: {e}", prefix.prefix)),
         };
-    let held: Vec<String> = config
+    let held: Vec<(String, String)> = config
         .holds
         .iter()
         .filter(|h| h.store == rule.store)
         .filter_map(|h| match &h.target {
-            crate::config::HoldTarget::Prefix(p) => Some(p.clone()),
+            crate::config::HoldTarget::Prefix(p) => Some((h.name.clone(), p.clone())),
             _ => None,
         })
         .collect();
@@ -403,6 +412,7 @@ async fn prepare_blob(
     }
     report.matched = selection.matched;
     report.protected = selection.protected;
+    report.protected_by = selection.protected_by.clone();
     report.total = selection.total;
     report.oldest = selection.oldest;
     report.versions = Some(selection.versions);
@@ -440,6 +450,7 @@ async fn prepare_blob(
 fn apply_counts(report: &mut RuleReport, resolved: &ResolvedRule, counts: Counts, batch_size: u32) {
     report.matched = counts.matched;
     report.protected = counts.protected;
+    report.protected_by = counts.protected_by;
     report.total = counts.total;
     report.oldest = counts.oldest;
     report.unparsable = resolved.mask.as_ref().map(|_| counts.unparsable);

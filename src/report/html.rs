@@ -187,10 +187,10 @@ pub fn render(report: &Report) -> String {
     if report.holds.is_empty() {
         out.push_str("<p>None recorded.</p>");
     } else {
-        out.push_str("<table><thead><tr><th>Hold</th><th>Target</th><th>Where</th><th>Reason</th><th>Added</th><th>Released</th><th>Rules</th></tr></thead><tbody>");
+        out.push_str("<table><thead><tr><th>Hold</th><th>Target</th><th>Where</th><th>Reason</th><th>Added</th><th>Released</th><th>Rules</th><th>Kept back (latest run)</th></tr></thead><tbody>");
         for h in &report.holds {
             out.push_str(&format!(
-                "<tr><td>{}</td><td>{}:{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}:{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&h.name),
                 esc(&h.store),
                 esc(&h.target),
@@ -198,26 +198,28 @@ pub fn render(report: &Report) -> String {
                 esc(&h.reason),
                 esc(&human(&h.added)),
                 esc(&h.released.as_deref().map_or("-".into(), human)),
-                esc(&h.rules.join(", "))
+                esc(&h.rules.join(", ")),
+                esc(&by_key(&h.protected))
             ));
         }
         out.push_str("</tbody></table>\n");
     }
     out.push_str("<h2>Guards</h2>");
     match &report.guards {
-        None => out.push_str("<p class=\"muted\">Guards are not recorded in the audit log; a report made with the config (<code>-c</code>) lists them.</p>"),
+        None => out.push_str("<p class=\"muted\">The audit log records a guard only where it kept rows back (each promise's \u{201c}Kept back by\u{201d}); a report made with the config (<code>-c</code>) lists every guard.</p>"),
         Some(g) if g.is_empty() => out.push_str("<p>None in the config given.</p>"),
         Some(guards) => {
-            out.push_str("<p class=\"small\">From the config given: guards are not recorded in the audit log.</p><table><thead><tr><th>Table</th><th>Age column</th><th>No row younger than</th><th>Reason</th><th>Rules</th></tr></thead><tbody>");
+            out.push_str("<p class=\"small\">From the config given; what each kept back is from the signed records.</p><table><thead><tr><th>Table</th><th>Age column</th><th>No row younger than</th><th>Reason</th><th>Rules</th><th>Kept back (latest run)</th></tr></thead><tbody>");
             for g in guards {
                 out.push_str(&format!(
-                    "<tr><td>{}:{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    "<tr><td>{}:{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                     esc(&g.store),
                     esc(&g.table),
                     esc(&g.age),
                     esc(&g.min_keep),
                     esc(&g.reason),
-                    esc(&g.rules.join(", "))
+                    esc(&g.rules.join(", ")),
+                    esc(&by_key(&g.protected))
                 ));
             }
             out.push_str("</tbody></table>\n");
@@ -257,6 +259,9 @@ fn promise_section(p: &Promise) -> String {
     fact(&mut out, removed.0, &removed.1.to_string());
     fact(&mut out, "Removed by cascade", &by_key(&p.cascaded));
     fact(&mut out, "Protected (latest run)", &opt(p.protected));
+    if !p.protected_by.is_empty() {
+        fact(&mut out, "Kept back by", &by_key(&p.protected_by));
+    }
     fact(&mut out, "Skipped (latest run)", &by_key(&p.skipped));
     if let Some(n) = p.partitions_dropped {
         fact(&mut out, "Partitions dropped", &n.to_string());

@@ -152,6 +152,9 @@ pub struct HoldInForce {
     pub released: Option<String>,
     /// Promises on its target.
     pub rules: Vec<String>,
+    /// What it kept back at each promise's latest run, by rule (from the
+    /// records' `protected_by`).
+    pub protected: BTreeMap<String, i64>,
 }
 
 /// A guard of the config given.
@@ -169,6 +172,9 @@ pub struct GuardInForce {
     pub reason: String,
     /// Promises on its table.
     pub rules: Vec<String>,
+    /// What it kept back at each promise's latest run, by rule (from the
+    /// records' `protected_by`).
+    pub protected: BTreeMap<String, i64>,
 }
 
 /// A run that did not end ok.
@@ -230,6 +236,10 @@ pub struct Promise {
     /// Due items kept back by guards, holds, cascades and locks at the
     /// latest run.
     pub protected: Option<i64>,
+    /// Of `protected`, what each guard, hold or store lock kept back at the
+    /// latest run (from the signed records; a row kept by two counts for
+    /// both).
+    pub protected_by: BTreeMap<String, i64>,
     /// Due items kept because they could not be touched safely, by reason,
     /// at the latest run.
     pub skipped: BTreeMap<String, i64>,
@@ -344,6 +354,7 @@ struct Open {
     inside: bool,
     lag: Option<i64>,
     protected: i64,
+    protected_by: BTreeMap<String, i64>,
 }
 
 #[derive(Default)]
@@ -360,6 +371,7 @@ struct Acc {
     masked: i64,
     cascaded: BTreeMap<String, i64>,
     protected: Option<i64>,
+    protected_by: BTreeMap<String, i64>,
     skipped: BTreeMap<String, i64>,
     partitions_dropped: Option<i64>,
     objects: Option<i64>,
@@ -531,6 +543,7 @@ impl Builder {
                     added: ts_text.clone(),
                     released: None,
                     rules: Vec::new(),
+                    protected: BTreeMap::new(),
                 };
                 if let Some(mut old) = self.holds.insert(name, hold) {
                     old.released = Some(ts_text);
@@ -577,6 +590,7 @@ impl Builder {
                         inside,
                         lag,
                         protected: intent.planned.protected,
+                        protected_by: intent.planned.protected_by.clone(),
                     },
                 );
             }
@@ -640,6 +654,14 @@ impl Builder {
             o.counts.bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
         );
         acc.protected = o.counts.protected.or(intent.as_ref().map(|i| i.protected));
+        acc.protected_by = if o.counts.protected_by.is_empty() {
+            intent
+                .as_ref()
+                .map(|i| i.protected_by.clone())
+                .unwrap_or_default()
+        } else {
+            o.counts.protected_by.clone()
+        };
         acc.skipped = o.counts.skipped.clone();
         if o.run.cutoff.is_some() {
             acc.latest_cutoff = o.run.cutoff.clone();
@@ -736,13 +758,27 @@ impl Builder {
                 (start, bucket_days, buckets),
             ));
         }
+        // What each floor kept, per promise: a hold or guard on a child
+        // table protects the parent's promise through a cascade, so this
+        // also names promises on other targets.
+        let kept_by = |label: &str| -> BTreeMap<String, i64> {
+            let mut out = BTreeMap::new();
+            for p in &promises {
+                if let Some(n) = p.protected_by.get(label) {
+                    *out.entry(p.rule.clone()).or_default() += n;
+                }
+            }
+            out
+        };
         let holds = holds
             .into_iter()
             .map(|mut h| {
+                h.protected = kept_by(&crate::audit::events::hold_label(&h.name));
                 h.rules = promises
                     .iter()
                     .filter(|p| hold_applies(&h, &store_of(p), &target_of(p)))
                     .map(|p| p.rule.clone())
+                    .chain(h.protected.keys().cloned())
                     .collect::<BTreeSet<_>>()
                     .into_iter()
                     .collect();
@@ -753,22 +789,27 @@ impl Builder {
             config
                 .guards
                 .iter()
-                .map(|g| GuardInForce {
-                    store: g.store.clone(),
-                    table: g.table.to_string(),
-                    age: g.age.clone(),
-                    min_keep: g.min_keep.to_string(),
-                    reason: g.reason.clone(),
-                    rules: promises
-                        .iter()
-                        .filter(|p| {
-                            store_of(p) == g.store
-                                && same_table(&target_of(p), &g.table.to_string())
-                        })
-                        .map(|p| p.rule.clone())
-                        .collect::<BTreeSet<_>>()
-                        .into_iter()
-                        .collect(),
+                .map(|g| {
+                    let protected = kept_by(&crate::audit::events::guard_label(g));
+                    GuardInForce {
+                        store: g.store.clone(),
+                        table: g.table.to_string(),
+                        age: g.age.clone(),
+                        min_keep: g.min_keep.to_string(),
+                        reason: g.reason.clone(),
+                        rules: promises
+                            .iter()
+                            .filter(|p| {
+                                store_of(p) == g.store
+                                    && same_table(&target_of(p), &g.table.to_string())
+                            })
+                            .map(|p| p.rule.clone())
+                            .chain(protected.keys().cloned())
+                            .collect::<BTreeSet<_>>()
+                            .into_iter()
+                            .collect(),
+                        protected,
+                    }
                 })
                 .collect()
         });
@@ -964,6 +1005,7 @@ fn promise(
         masked: acc.masked,
         cascaded: acc.cascaded.clone(),
         protected: acc.protected,
+        protected_by: acc.protected_by.clone(),
         skipped: acc.skipped.clone(),
         partitions_dropped: acc.partitions_dropped,
         objects: acc.objects,

@@ -333,10 +333,10 @@ pub fn markdown(report: &Report) -> String {
     if report.holds.is_empty() {
         out.push_str("None recorded.\n");
     } else {
-        out.push_str("| hold | target | where | reason | added | released | rules |\n|---|---|---|---|---|---|---|\n");
+        out.push_str("| hold | target | where | reason | added | released | rules | kept back (latest run) |\n|---|---|---|---|---|---|---|---|\n");
         for h in &report.holds {
             out.push_str(&format!(
-                "| {} | {}:{} | {} | {} | {} | {} | {} |\n",
+                "| {} | {}:{} | {} | {} | {} | {} | {} | {} |\n",
                 md_escape(&h.name),
                 md_escape(&h.store),
                 md_escape(&h.target),
@@ -344,27 +344,29 @@ pub fn markdown(report: &Report) -> String {
                 md_escape(&h.reason),
                 human(&h.added),
                 h.released.as_deref().map_or("-".into(), human),
-                md_escape(&h.rules.join(", "))
+                md_escape(&h.rules.join(", ")),
+                md_escape(&by_key(&h.protected))
             ));
         }
     }
     out.push_str("\n## Guards\n\n");
     match &report.guards {
         None => out.push_str(
-            "Guards are not recorded in the audit log; give the config (-c) to list them.\n",
+            "The audit log records a guard only where it kept rows back (each promise's \"kept back by\"); give the config (-c) to list every guard.\n",
         ),
         Some(g) if g.is_empty() => out.push_str("None in the config given.\n"),
         Some(guards) => {
-            out.push_str("From the config given (guards are not recorded in the audit log).\n\n| table | age | no row younger than | reason | rules |\n|---|---|---|---|---|\n");
+            out.push_str("From the config given; what each kept back is from the signed records.\n\n| table | age | no row younger than | reason | rules | kept back (latest run) |\n|---|---|---|---|---|---|\n");
             for g in guards {
                 out.push_str(&format!(
-                    "| {}:{} | {} | {} | {} | {} |\n",
+                    "| {}:{} | {} | {} | {} | {} | {} |\n",
                     md_escape(&g.store),
                     md_escape(&g.table),
                     md_escape(&g.age),
                     g.min_keep,
                     md_escape(&g.reason),
-                    md_escape(&g.rules.join(", "))
+                    md_escape(&g.rules.join(", ")),
+                    md_escape(&by_key(&g.protected))
                 ));
             }
         }
@@ -375,6 +377,7 @@ pub fn markdown(report: &Report) -> String {
             && p.failures.is_empty()
             && p.guards.is_empty()
             && p.holds.is_empty()
+            && p.protected_by.is_empty()
         {
             continue;
         }
@@ -394,6 +397,12 @@ pub fn markdown(report: &Report) -> String {
             out.push_str(&format!(
                 "- skipped ({}) at the latest run: {n}\n",
                 md_escape(why)
+            ));
+        }
+        for (floor, n) in &p.protected_by {
+            out.push_str(&format!(
+                "- kept back by {} at the latest run: {n}\n",
+                md_escape(floor)
             ));
         }
         for g in &p.guards {
@@ -427,7 +436,7 @@ fn pairs(map: &std::collections::BTreeMap<String, i64>) -> String {
 /// CSV, one row per promise. Times are UTC.
 pub fn csv(report: &Report) -> String {
     let mut out = String::from(
-        "rule,status,action,keep,policy_ref,target,first_run_utc,last_run_utc,runs_ok,runs_refused,runs_failed,runs_interrupted,runs_abandoned,runs_unfinished,deleted,masked,cascaded,protected,skipped,partitions_dropped,objects,bytes,latest_cutoff_utc,compliance_lag_seconds,max_compliance_lag_seconds,failures\n",
+        "rule,status,action,keep,policy_ref,target,first_run_utc,last_run_utc,runs_ok,runs_refused,runs_failed,runs_interrupted,runs_abandoned,runs_unfinished,deleted,masked,cascaded,protected,protected_by,skipped,partitions_dropped,objects,bytes,latest_cutoff_utc,compliance_lag_seconds,max_compliance_lag_seconds,failures\n",
     );
     let opt = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
     let time = |v: &Option<String>| v.as_deref().map(human).unwrap_or_default();
@@ -452,6 +461,7 @@ pub fn csv(report: &Report) -> String {
             p.masked.to_string(),
             pairs(&p.cascaded),
             opt(p.protected),
+            pairs(&p.protected_by),
             pairs(&p.skipped),
             opt(p.partitions_dropped),
             opt(p.objects),

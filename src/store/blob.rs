@@ -113,6 +113,59 @@ where
         .boxed()
 }
 
+/// Which of `items` the store no longer has, by listing each key again.
+///
+/// A delete call whose answer was lost (a dropped connection after the
+/// store acted, every retry dropped too) cannot say what it did; the next
+/// run would list nothing and count nothing, and the signed log would miss
+/// removals. Asking the store what is left turns that doubt into a count.
+/// An item whose key cannot be listed stays unconfirmed (`false`): only
+/// what the store shows gone is counted.
+pub async fn confirm_gone(store: &dyn BlobStore, items: &[&BlobRef]) -> Vec<bool> {
+    use futures_util::stream::StreamExt;
+    let mut listed: BTreeMap<&str, Option<Vec<BlobMeta>>> = BTreeMap::new();
+    for item in items {
+        if listed.contains_key(item.key.as_str()) {
+            continue;
+        }
+        let mut metas = Vec::new();
+        let mut stream = store.list(&item.key);
+        let mut ok = true;
+        while let Some(meta) = stream.next().await {
+            match meta {
+                // A prefix listing also returns longer keys.
+                Ok(meta) if meta.key == item.key => metas.push(meta),
+                Ok(_) => {}
+                Err(_) => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        listed.insert(&item.key, ok.then_some(metas));
+    }
+    items
+        .iter()
+        .map(|item| match listed.get(item.key.as_str()) {
+            Some(Some(metas)) => !metas.iter().any(|m| still_there(item, m)),
+            _ => false,
+        })
+        .collect()
+}
+
+/// Whether listed `meta` shows that deleting `item` has not happened.
+fn still_there(item: &BlobRef, meta: &BlobMeta) -> bool {
+    if item.pending || meta.pending {
+        return item.pending && meta.pending && item.version == meta.version;
+    }
+    match &item.version {
+        Some(v) => meta.version.as_ref() == Some(v),
+        // The key itself: gone when its current version is gone or is a
+        // delete marker.
+        None => meta.is_latest && !meta.delete_marker,
+    }
+}
+
 /// A blob store.
 pub trait BlobStore: fmt::Display + fmt::Debug + Send + Sync {
     /// Every object version under `prefix`, in no particular order.

@@ -128,6 +128,11 @@ async fn report_json_md_csv_say_what_happened() {
     assert_eq!(logs["status"], "promise met");
     assert_eq!(logs["compliance_lag_seconds"], 0);
     assert_eq!(logs["protected"], 1, "the held row");
+    assert_eq!(
+        logs["protected_by"],
+        serde_json::json!({"hold case-7": 1}),
+        "the guard kept nothing back"
+    );
     assert_eq!(logs["guards"][0], "logs.at kept 1d (incident response)");
     assert_eq!(logs["holds"][0], "case-7 (litigation)");
     assert_eq!(
@@ -203,7 +208,10 @@ async fn report_json_md_csv_say_what_happened() {
         lines[1].starts_with("logs-30d,promise met,delete,30d,Privacy Policy §6,app:logs,"),
         "{csv}"
     );
-    assert!(lines[1].contains(",1,0,0,0,0,0,10,0,,1,,,,,"), "{csv}");
+    assert!(
+        lines[1].contains(",1,0,0,0,0,0,10,0,,1,hold case-7=1,,,,"),
+        "{csv}"
+    );
 }
 
 #[tokio::test]
@@ -310,7 +318,7 @@ async fn report_from_an_export_or_a_read_only_role_with_only_the_public_key() {
     assert!(md.contains("- This report: not signed"), "{md}");
     assert!(!env.dir.path().join("r.md.sig").exists());
     assert!(
-        md.contains("Guards are not recorded in the audit log"),
+        md.contains("The audit log records a guard only where it kept rows back"),
         "{md}"
     );
 
@@ -499,9 +507,139 @@ async fn report_carries_cascades_skips_and_both_promises_of_a_changed_keep() {
     );
     let csv = report(&cfg, "csv");
     assert!(
-        csv.stdout.contains(",public.kids=8,0,foreign_key=1,"),
+        csv.stdout.contains(",public.kids=8,0,,foreign_key=1,"),
         "{csv}"
     );
+}
+
+/// What each guard and hold kept back, per promise: a hold on a child
+/// table is counted for the parent's promise it protects through a
+/// cascade, and one row kept by two floors counts for both. From plan to
+/// the signed records to a report made with the public key alone.
+#[tokio::test]
+async fn report_says_what_each_guard_and_hold_kept_back_through_cascades_too() {
+    let env = Env::new().await;
+    env.db
+        .exec(
+            "CREATE TABLE accounts (id int primary key, closed_at timestamptz, vip bool);
+             CREATE TABLE invoices (id int primary key, account_id int REFERENCES accounts(id) ON DELETE CASCADE, issued_at timestamptz);
+             CREATE TABLE disputes (invoice_id int primary key);
+             -- 20 accounts closed 100 days ago, 5 of them VIP (held).
+             INSERT INTO accounts SELECT i, now() - interval '100 days', i <= 5 FROM generate_series(1, 20) i;
+             -- An invoice per account: 3 recent ones (guarded, 1 of them a VIP's),
+             -- and invoices 18..20 in dispute (held through the child's own `t`).
+             INSERT INTO invoices SELECT i, i, now() - CASE WHEN i IN (1, 8, 9) THEN interval '10 days' ELSE interval '400 days' END FROM generate_series(1, 20) i;
+             INSERT INTO disputes VALUES (18), (19), (20);",
+        )
+        .await;
+    let body = r#"[[rules]]
+name = "closed-accounts"
+store = "app"
+table = "accounts"
+age = "closed_at"
+keep = "30d"
+action = "delete"
+max_fraction = 1.0
+
+[[guards]]
+store = "app"
+table = "invoices"
+age = "issued_at"
+min_keep = "90d"
+reason = "tax law"
+
+[[holds]]
+name = "vip-review"
+store = "app"
+table = "accounts"
+where = "vip"
+reason = "audit of VIP closures"
+
+[[holds]]
+name = "disputes"
+store = "app"
+table = "invoices"
+where = "EXISTS (SELECT 1 FROM disputes d WHERE d.invoice_id = t.id)"
+reason = "open disputes"
+"#;
+    let cfg = env.config(body);
+    let plan = json_cmd("plan", &cfg, &[]);
+    assert_eq!(plan.code, 0, "{plan}");
+    let planned = plan.rule("closed-accounts");
+    // Kept: 1..5 (VIP), 8 and 9 (recent invoice), 18..20 (disputes): 10.
+    assert_eq!(planned["protected"], 10, "{plan}");
+    assert_eq!(planned["matched"], 10, "{plan}");
+    let by = serde_json::json!({
+        "hold vip-review": 5,
+        "guard invoices.issued_at min_keep 90d": 3,
+        "hold disputes": 3,
+    });
+    assert_eq!(
+        planned["protected_by"], by,
+        "account 1 is VIP with a recent invoice: counted for both"
+    );
+    let text = retentiond(&["plan", "-c", &cfg.display().to_string()], &[]);
+    assert!(
+        text.stdout
+            .contains("kept back by guard invoices.issued_at min_keep 90d: 3, hold disputes: 3, hold vip-review: 5"),
+        "{text}"
+    );
+    let run = json_cmd("run", &cfg, &[]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.rule("closed-accounts")["affected"], 10, "{run}");
+    assert_eq!(run.rule("closed-accounts")["protected_by"], by, "{run}");
+
+    let (log, _) = export(&env, &cfg);
+    let intent = log
+        .lines()
+        .find(|l| l.contains("\"run_intent\""))
+        .expect("an intent");
+    assert!(
+        intent.contains("\"protected_by\":{\"guard invoices.issued_at min_keep 90d\":3,\"hold disputes\":3,\"hold vip-review\":5}"),
+        "signed with the run: {intent}"
+    );
+    let file = env.write("audit.jsonl", &log);
+    let public_only = |format: &str| {
+        report_with(&[
+            "--file",
+            &file.display().to_string(),
+            "--public-key",
+            &env.public_key.display().to_string(),
+            "--format",
+            format,
+        ])
+    };
+    let out = public_only("json");
+    assert_eq!(out.code, 0, "{out}");
+    let json = out.json();
+    assert_eq!(promise(&json, "closed-accounts")["protected_by"], by);
+    let disputes = json["holds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == "disputes")
+        .expect("the hold on invoices");
+    assert_eq!(
+        disputes["protected"],
+        serde_json::json!({"closed-accounts": 3}),
+        "a hold on the child protects the parent's promise: {json:#}"
+    );
+    assert_eq!(disputes["rules"], serde_json::json!(["closed-accounts"]));
+    let md = public_only("md");
+    assert!(
+        md.stdout
+            .contains("- kept back by hold disputes at the latest run: 3\n"),
+        "{md}"
+    );
+    // With the config, guards are listed with what each kept back.
+    let with_config = report(&cfg, "json").json();
+    assert_eq!(
+        with_config["guards"][0]["protected"],
+        serde_json::json!({"closed-accounts": 3}),
+        "{with_config:#}"
+    );
+    let html = public_only("html");
+    assert!(html.stdout.contains("Kept back by"), "{html}");
 }
 
 #[tokio::test]
@@ -941,6 +1079,11 @@ fn month_of_records(signer: &retentiond::audit::Signer) -> String {
                 _ => BTreeMap::new(),
             };
             let protected = if rule == "closed-accounts" { 3 } else { 0 };
+            let protected_by: BTreeMap<String, i64> = if protected > 0 {
+                BTreeMap::from([("hold dispute-2291".into(), protected)])
+            } else {
+                BTreeMap::new()
+            };
             append(
                 RunIntent {
                     run: run.clone(),
@@ -951,6 +1094,7 @@ fn month_of_records(signer: &retentiond::audit::Signer) -> String {
                             _ => affected,
                         },
                         protected,
+                        protected_by: protected_by.clone(),
                         total: 50_000,
                         batches: 1,
                         cascaded: cascaded.clone(),
@@ -982,6 +1126,7 @@ fn month_of_records(signer: &retentiond::audit::Signer) -> String {
                         matched: Some(affected),
                         affected,
                         protected: Some(protected),
+                        protected_by,
                         batches: 1,
                         cascaded,
                         skipped: if blob && slot > 60 {

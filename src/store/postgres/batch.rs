@@ -21,7 +21,7 @@ use sqlx::{PgConnection, Row};
 use std::collections::BTreeMap;
 
 /// What a counting scan found.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
     /// Rows in the table.
     pub total: i64,
@@ -33,18 +33,30 @@ pub struct Counts {
     pub unparsable: i64,
     /// The oldest age among matched rows (compliance lag).
     pub oldest: Option<chrono::DateTime<chrono::Utc>>,
+    /// Of `protected`, what each guard and hold keeps back (by label; a row
+    /// two floors keep counts for both).
+    pub protected_by: BTreeMap<String, i64>,
 }
 
 /// Counts in one scan. The protection and parse checks are wrapped in
 /// `CASE WHEN due` so their subqueries run for due rows only.
 pub async fn count(conn: &mut PgConnection, rule: &ResolvedRule) -> Result<Counts, sqlx::Error> {
     let row = sqlx::query(&count_sql(rule)).fetch_one(conn).await?;
+    let mut protected_by = BTreeMap::new();
+    for (i, (label, _)) in rule.protected_by.iter().enumerate() {
+        let n: i64 = row.try_get(format!("retentiond_by{i}").as_str())?;
+        // Like `cascaded` and `skipped`: only what kept something.
+        if n > 0 {
+            protected_by.insert(label.clone(), n);
+        }
+    }
     Ok(Counts {
         total: row.try_get("total")?,
         matched: row.try_get("matched")?,
         protected: row.try_get("protected")?,
         unparsable: row.try_get("unparsable")?,
         oldest: row.try_get("oldest")?,
+        protected_by,
     })
 }
 
@@ -54,6 +66,20 @@ pub fn count_sql(rule: &ResolvedRule) -> String {
         Some(m) => (m.masked.as_str(), m.unparsable.as_str()),
         None => ("false", "false"),
     };
+    // Each floor's own predicate runs only for rows already found protected
+    // (an outer LATERAL level), so a rule with several guards and holds pays
+    // for them on its protected rows, not on every due row.
+    let (by_counts, by_columns): (String, String) = rule
+        .protected_by
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| {
+            (
+                format!(", count(*) FILTER (WHERE x.retentiond_d AND NOT x.retentiond_m AND x.retentiond_p AND x.retentiond_b{i})::int8 AS retentiond_by{i}"),
+                format!(", CASE WHEN z.retentiond_p THEN {p} ELSE false END AS retentiond_b{i}"),
+            )
+        })
+        .unzip();
     // Names inside the LATERAL are prefixed: a hold's bare column names must
     // resolve to the table, not to our helper columns.
     format!(
@@ -61,13 +87,15 @@ pub fn count_sql(rule: &ResolvedRule) -> String {
                 count(*) FILTER (WHERE x.retentiond_d AND NOT x.retentiond_m AND NOT x.retentiond_p)::int8 AS matched, \
                 count(*) FILTER (WHERE x.retentiond_d AND NOT x.retentiond_m AND x.retentiond_p)::int8 AS protected, \
                 count(*) FILTER (WHERE x.retentiond_d AND NOT x.retentiond_p AND x.retentiond_u)::int8 AS unparsable, \
-                (min(t.{age}) FILTER (WHERE x.retentiond_d AND NOT x.retentiond_m AND NOT x.retentiond_p))::timestamptz AS oldest \
+                (min(t.{age}) FILTER (WHERE x.retentiond_d AND NOT x.retentiond_m AND NOT x.retentiond_p))::timestamptz AS oldest\
+                {by_counts} \
          FROM {table} AS t, LATERAL ( \
+           SELECT z.*{by_columns} FROM ( \
              SELECT y.retentiond_d, \
                     CASE WHEN y.retentiond_d THEN {masked} ELSE false END AS retentiond_m, \
                     CASE WHEN y.retentiond_d THEN {protected} ELSE false END AS retentiond_p, \
                     CASE WHEN y.retentiond_d THEN {unparsable} ELSE false END AS retentiond_u \
-             FROM (SELECT {due} AS retentiond_d) AS y) AS x",
+             FROM (SELECT {due} AS retentiond_d) AS y) AS z) AS x",
         protected = rule.protected,
         due = rule.due,
         age = rule.age_column,

@@ -18,6 +18,7 @@
 
 use super::schema::{self, SchemaError, TableInfo, TargetError};
 use super::sql;
+use crate::audit::events::{guard_label, hold_label};
 use crate::config::{Config, Guard, TableName};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -31,6 +32,9 @@ pub enum Floor {
     /// A guard: rows younger than `cutoff` (a typed literal), or of unknown
     /// age, stay.
     Guard {
+        /// What it is called in counts and reports:
+        /// `guard <table>.<age> min_keep <keep>`.
+        label: String,
         /// The age column (unquoted).
         age: String,
         /// The cutoff as a literal of the column's type.
@@ -96,6 +100,17 @@ pub fn hold_in_scope(row: &str, filter: &str) -> String {
     )
 }
 
+impl Floor {
+    /// What this floor is called in `protected_by` counts (plan, records,
+    /// reports): `guard <table>.<age> min_keep <keep>` or `hold <name>`.
+    pub fn label(&self) -> String {
+        match self {
+            Floor::Guard { label, .. } => label.clone(),
+            Floor::Hold { name, .. } => hold_label(name),
+        }
+    }
+}
+
 fn floor_predicate(alias: &str, floor: &Floor) -> String {
     match floor {
         Floor::Guard { age, cutoff, .. } => sql::guard_protects(alias, age, cutoff),
@@ -107,15 +122,17 @@ fn cascade_alias(depth: usize) -> String {
     format!("retentiond_c{depth}")
 }
 
-fn node_protected(node: &Node, alias: &str, depth: usize) -> String {
+/// `only`: the label of the one floor to test, or None for all of them.
+fn node_protected(node: &Node, alias: &str, depth: usize, only: Option<&str>) -> String {
     let mut parts: Vec<String> = node
         .floors
         .iter()
+        .filter(|f| only.is_none_or(|l| f.label() == l))
         .map(|f| floor_predicate(alias, f))
         .collect();
     for edge in node.cascades.iter().filter(|e| !e.cycle) {
         let child_alias = cascade_alias(depth + 1);
-        let inner = node_protected(&edge.child, &child_alias, depth + 1);
+        let inner = node_protected(&edge.child, &child_alias, depth + 1, only);
         if inner != "false" {
             parts.push(sql::cascade_exists(
                 &edge.child.quoted,
@@ -132,7 +149,51 @@ fn node_protected(node: &Node, alias: &str, depth: usize) -> String {
 /// The predicate for rows of the rule's table (alias `t`) that must not be
 /// deleted: guarded or held themselves, or cascading into such rows.
 pub fn protected(tree: &CascadeTree) -> String {
-    node_protected(&tree.root, "t", 0)
+    node_protected(&tree.root, "t", 0, None)
+}
+
+/// Per guard and hold in the tree (by label, first seen first): the rows
+/// of the rule's table (alias `t`) that this one floor keeps, on the table
+/// itself or through any cascade path. A row kept by two floors counts for
+/// both, so these are what each floor protects, not a partition of
+/// [`protected`].
+pub fn protected_by(tree: &CascadeTree) -> Vec<(String, String)> {
+    fn labels(node: &Node, out: &mut Vec<String>) {
+        for f in &node.floors {
+            let l = f.label();
+            if !out.contains(&l) {
+                out.push(l);
+            }
+        }
+        for edge in node.cascades.iter().filter(|e| !e.cycle) {
+            labels(&edge.child, out);
+        }
+    }
+    let mut all = Vec::new();
+    labels(&tree.root, &mut all);
+    all.into_iter()
+        .map(|l| {
+            let p = node_protected(&tree.root, "t", 0, Some(&l));
+            (l, p)
+        })
+        .collect()
+}
+
+/// [`protected_by`] for a mask rule: each hold on the table.
+pub fn held_by(floors: &[Floor]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for f in floors.iter().filter(|f| matches!(f, Floor::Hold { .. })) {
+        let label = f.label();
+        if !out.iter().any(|(l, _)| *l == label) {
+            let only: Vec<Floor> = floors
+                .iter()
+                .filter(|g| g.label() == label)
+                .cloned()
+                .collect();
+            out.push((label, held(&only)));
+        }
+    }
+    out
 }
 
 /// The predicate for rows a mask rule must leave alone: held rows (guards
@@ -381,6 +442,7 @@ fn guard_floor(g: &Guard, info: &TableInfo, at: DateTime<Utc>) -> Result<Floor, 
         ))
     })?;
     Ok(Floor::Guard {
+        label: guard_label(g),
         age: g.age.clone(),
         cutoff: sql::cutoff_literal(cutoff, ty),
         about: format!("min_keep {}: {}", g.min_keep, g.reason),
@@ -526,6 +588,7 @@ mod tests {
     #[test]
     fn grandchildren_get_their_own_alias_and_unprotected_branches_are_pruned() {
         let guard = Floor::Guard {
+            label: "guard ccc.created_at min_keep 10y".into(),
             age: "created_at".into(),
             cutoff: "X".into(),
             about: "min_keep 10y: law".into(),
@@ -607,5 +670,48 @@ mod tests {
         assert!(c[1]
             .removed
             .contains("(SELECT retentiond_p0.*) AS t WHERE (ELIGIBLE)"));
+    }
+
+    #[test]
+    fn each_floor_is_counted_through_every_path_that_reaches_it() {
+        let guard = |table: &str| Floor::Guard {
+            label: format!("guard {table}.at min_keep 10y"),
+            age: "at".into(),
+            cutoff: "X".into(),
+            about: "law".into(),
+        };
+        let named = |name: &str, filter: &str| Floor::Hold {
+            name: name.into(),
+            filter: filter.into(),
+        };
+        // The same hold on the root and on a grandchild; a guard on the child.
+        let tree = CascadeTree {
+            root: node(
+                "a",
+                vec![named("case-1", "t.id = 1")],
+                vec![edge(node(
+                    "b",
+                    vec![guard("b")],
+                    vec![edge(node("ccc", vec![named("case-1", "t.k = 2")], vec![]))],
+                ))],
+            ),
+        };
+        let by = protected_by(&tree);
+        let labels: Vec<&str> = by.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(labels, ["hold case-1", "guard b.at min_keep 10y"]);
+        let (_, hold) = &by[0];
+        assert!(
+            hold.contains("t.id = 1") && hold.contains("t.k = 2"),
+            "{hold}"
+        );
+        assert!(
+            !hold.contains(" > X"),
+            "the guard is not part of the hold's count: {hold}"
+        );
+        let (_, guard_p) = &by[1];
+        assert!(guard_p.contains("retentiond_c1.\"at\" > X"), "{guard_p}");
+        assert!(!guard_p.contains("t.id = 1"), "{guard_p}");
+        assert_eq!(held_by(&[guard("x")]), Vec::<(String, String)>::new());
+        assert_eq!(held_by(&[named("h", "t.x")]).len(), 1);
     }
 }

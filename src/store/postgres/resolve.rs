@@ -26,6 +26,8 @@ pub struct ResolvedRule {
     pub due: String,
     /// Kept back by a guard, a hold, or a cascade into either (alias `t`).
     pub protected: String,
+    /// Per guard and hold (label, predicate): what each one keeps back.
+    pub protected_by: Vec<(String, String)>,
     /// For mask rules: the masking SQL.
     pub mask: Option<ResolvedMask>,
     /// Human-readable notes on what protects rows (for `check --online`).
@@ -94,16 +96,26 @@ pub async fn resolve(
         &sql::cutoff_literal(cutoff, age_type),
         rule.filter.as_deref(),
     );
-    let (protected, notes, cascaded) = match &rule.action {
+    let (protected, protected_by, notes, cascaded) = match &rule.action {
         TableAction::Delete => {
             let tree = CascadeTree::load(conn, config, store, &table, &rule.table, at).await?;
-            (protect::protected(&tree), protect::notes(&tree), Some(tree))
+            (
+                protect::protected(&tree),
+                protect::protected_by(&tree),
+                protect::notes(&tree),
+                Some(tree),
+            )
         }
         // Guards are deletion floors; masking keeps the row. Holds preserve
         // evidence as it is, so they apply to masking too.
         TableAction::Mask(_) => {
             let holds = protect::holds_on(conn, config, store, &table).await?;
-            (protect::held(&holds), Vec::new(), None)
+            (
+                protect::held(&holds),
+                protect::held_by(&holds),
+                Vec::new(),
+                None,
+            )
         }
     };
     let mask = match &rule.action {
@@ -116,6 +128,7 @@ pub async fn resolve(
         leaves,
         due,
         protected,
+        protected_by,
         mask,
         notes,
         tree: cascaded,
