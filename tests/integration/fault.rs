@@ -157,43 +157,67 @@ async fn fault_kill9_at_random_points_then_rerun_ends_as_an_uninterrupted_run() 
 }
 
 /// The run's connections terminated mid-run (what a failover or an
-/// operator's `pg_terminate_backend` does): the run stops, the rerun
-/// finishes, and the outcomes still add up to the rows removed.
+/// operator's `pg_terminate_backend` does): the run stops (or reconnects,
+/// when only idle connections were hit), the rerun finishes, and the
+/// outcomes still add up to the rows removed. A trial in which the run
+/// had already finished when the connections were terminated injected no
+/// fault (a loaded CI machine is slow to poll): it is tried again.
 #[tokio::test]
 async fn fault_connections_terminated_mid_run_are_survived_and_counted() {
-    let (env, cfg) = setup().await;
-    let mut child = spawn_run(&cfg);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while env
-        .db
-        .count("SELECT coalesce(max(affected), 0) FROM retentiond.run_progress")
-        .await
-        < 500
-    {
-        assert!(Instant::now() < deadline, "no progress");
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    for attempt in 1..=5 {
+        let (env, cfg) = setup().await;
+        let mut child = spawn_run(&cfg);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while env
+            .db
+            .count("SELECT coalesce(max(affected), 0) FROM retentiond.run_progress")
+            .await
+            < 500
+        {
+            assert!(Instant::now() < deadline, "no progress");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let terminated = env
+            .db
+            .count(&format!(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = 'retentiond' AND datname = '{}'",
+                env.db.name
+            ))
+            .await;
+        let status = child.wait().expect("wait");
+        if terminated == 0 {
+            assert!(status.success(), "the run was not touched");
+            eprintln!("attempt {attempt}: the run had finished before its connections were terminated; again");
+            continue;
+        }
+        let rerun = json_cmd("run", &cfg, &[]);
+        assert_eq!(rerun.code, 0, "{rerun}");
+        let key = retentiond::audit::key::load_public(&env.public_key).expect("public key");
+        let records = chain::assert_valid(&env.db.pool, &key).await;
+        let parents = chain::of(&records, "run_outcome", "parents");
+        if status.success() {
+            assert!(
+                parents.iter().all(|o| o["outcome"] == "ok"),
+                "a run that exits 0 had no failed rule: {parents:?}"
+            );
+        } else {
+            assert!(
+                parents.iter().any(|o| o["outcome"] != "ok"),
+                "a run that exits non-zero says which rule failed: {parents:?}"
+            );
+        }
+        let left = env.db.count("SELECT count(*) FROM parents").await;
+        assert_eq!(left, PARENTS / 10 + 61 - 6);
+        assert_eq!(
+            sum(&parents, |o| o["counts"]["affected"].as_i64()),
+            PARENTS - left,
+            "{parents:?}"
+        );
+        eprintln!("attempt {attempt}: {terminated} connection(s) terminated mid-run, exit {status}: counted exactly");
+        return;
     }
-    env.db
-        .exec(&format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE application_name = 'retentiond' AND datname = '{}'",
-            env.db.name
-        ))
-        .await;
-    let status = child.wait().expect("wait");
-    assert!(!status.success(), "a run that lost its connections says so");
-    let rerun = json_cmd("run", &cfg, &[]);
-    assert_eq!(rerun.code, 0, "{rerun}");
-    let key = retentiond::audit::key::load_public(&env.public_key).expect("public key");
-    let records = chain::assert_valid(&env.db.pool, &key).await;
-    let parents = chain::of(&records, "run_outcome", "parents");
-    let left = env.db.count("SELECT count(*) FROM parents").await;
-    assert_eq!(left, PARENTS / 10 + 61 - 6);
-    assert_eq!(
-        sum(&parents, |o| o["counts"]["affected"].as_i64()),
-        PARENTS - left,
-        "{parents:?}"
-    );
+    panic!("in 5 attempts the run always finished before its connections could be terminated");
 }
 
 /// A table locked by someone else: the run waits at most `lock_timeout`,
