@@ -44,6 +44,12 @@ pub struct RuleRun {
     /// The policy clause it enforces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_ref: Option<String>,
+    /// The rule's `age_expr`, when its age is an expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_expr: Option<String>,
+    /// The rule's `age_unit`, when its age is an integer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_unit: Option<String>,
     /// When it started (after taking the rule's claim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<String>,
@@ -71,6 +77,9 @@ pub struct Planned {
     /// Items expected to be kept because they cannot be touched safely.
     #[serde(default)]
     pub skipped: BTreeMap<String, i64>,
+    /// Rows inside the rule's `where` whose age is NULL (never expire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null_age: Option<i64>,
     /// The oldest due item.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest: Option<String>,
@@ -118,6 +127,9 @@ pub struct Counts {
     /// Due text values that are not IP addresses (mask rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unparsable: Option<i64>,
+    /// Rows inside the rule's `where` whose age is NULL (never expire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub null_age: Option<i64>,
     /// Versions and delete markers removed (blob rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub versions: Option<i64>,

@@ -177,22 +177,27 @@ async fn check_store(
     for g in config.guards_in(store) {
         let found = schema::table(conn, &g.table).await;
         match found {
-            Ok(t) => match t.columns.get(&g.age) {
-                Some(c) if c.age_type().is_some() => {}
-                Some(c) => problems.push(Problem::new(
-                    g.span.clone(),
-                    format!(
-                        "guard column {}.{} is {}, not a timestamp",
-                        g.table, g.age, c.sql_type
-                    ),
-                    "point `age` at a timestamptz, timestamp or date column",
-                )),
-                None => problems.push(Problem::new(
-                    g.span.clone(),
-                    format!("guard column {}.{} does not exist", g.table, g.age),
-                    "fix `age` to name an existing column",
-                )),
-            },
+            Ok(t) => {
+                let checked = async {
+                    let mut tx = conn.begin().await?;
+                    let r =
+                        crate::store::postgres::age::resolve(&mut tx, &t, &g.table, &g.age).await;
+                    tx.rollback().await?;
+                    Ok::<_, sqlx::Error>(r)
+                };
+                let problem = match checked.await {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(SchemaError::Target(e))) => Some(e.message),
+                    Ok(Err(SchemaError::Db(e))) | Err(e) => Some(e.to_string()),
+                };
+                if let Some(message) = problem {
+                    problems.push(Problem::new(
+                        g.span.clone(),
+                        format!("guard: {message}"),
+                        "point `age` at a timestamptz, timestamp or date column (or `age_expr` at an expression yielding one; an integer age needs `age_unit`)",
+                    ));
+                }
+            }
             Err(e) => problems.push(Problem::new(
                 g.span.clone(),
                 format!("guard: {e}"),
@@ -239,7 +244,11 @@ async fn check_store(
                 let (span, help) = match &e.field {
                     Field::Age => (
                         rule.spans.age.clone(),
-                        "name a timestamptz, timestamp or date column",
+                        "name a timestamptz, timestamp or date column, or an integer one with `age_unit`; an `age_expr` must yield one of these",
+                    ),
+                    Field::AgeUnit => (
+                        rule.spans.age_unit.clone().unwrap_or(rule.spans.age.clone()),
+                        "`age_unit` (\"s\", \"ms\", \"us\") goes with an integer age, and only there",
                     ),
                     Field::Column(c) => (
                         rule.spans
@@ -316,6 +325,21 @@ async fn check_store(
         }
         for n in &resolved.notes {
             notes.push(format!("rule `{}`: {n}", rule.name));
+        }
+        if let (Some(column), true) = (t.age.column(), resolved.age.nullable) {
+            let others: Vec<&str> = resolved
+                .table
+                .columns
+                .iter()
+                .filter(|(n, c)| n.as_str() != column && c.age_type().is_some())
+                .map(|(n, _)| n.as_str())
+                .collect();
+            let fallback = others.first().copied().unwrap_or("created_at");
+            notes.push(format!(
+                "rule `{}`: {}.{column} is nullable, and a row whose age is NULL never expires (plan and run count them as `null_age`); \
+                 if such rows should age by another column, use age_expr = \"coalesce(t.{column}, t.{fallback})\"",
+                rule.name, t.table
+            ));
         }
     }
 }

@@ -176,6 +176,12 @@ fn print_table(reports: &[RuleReport], at: DateTime<Utc>, run: bool) {
                 counts_text(&r.cascaded, "row(s)")
             ));
         }
+        if let Some(n) = r.null_age.filter(|n| *n > 0) {
+            say(&format!(
+                "  {}: {n} row(s) have no age (NULL) and never expire; age_expr with coalesce gives them one",
+                r.rule
+            ));
+        }
         if !r.protected_by.is_empty() {
             let by: Vec<String> = r
                 .protected_by

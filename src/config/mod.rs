@@ -261,8 +261,10 @@ pub struct RuleSpans {
     pub rule: Range<usize>,
     /// `table`.
     pub table: Range<usize>,
-    /// `age`.
+    /// `age`, or `age_expr`.
     pub age: Range<usize>,
+    /// `age_unit`, when given.
+    pub age_unit: Option<Range<usize>>,
     /// `where`.
     pub filter: Option<Range<usize>>,
     /// Each masked column's value.
@@ -283,14 +285,107 @@ pub enum Target {
 pub struct TableRule {
     /// The table.
     pub table: TableName,
-    /// The column holding each row's age.
-    pub age: String,
+    /// Where each row's age comes from.
+    pub age: Age,
     /// Extra SQL predicate.
     pub filter: Option<String>,
     /// Delete or mask.
     pub action: TableAction,
     /// Blobs to delete with each row.
     pub blobs: Option<BlobLink>,
+}
+
+/// Where a row's age comes from: a column, or an SQL expression on the
+/// row (alias `t`); a time, or an integer count of `unit`s since the Unix
+/// epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Age {
+    /// The column or expression.
+    pub source: AgeSource,
+    /// For integer ages: the unit (`age_unit`).
+    pub unit: Option<EpochUnit>,
+}
+
+/// The column or expression an [`Age`] reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgeSource {
+    /// `age = "column"`.
+    Column(String),
+    /// `age_expr = "SQL expression"` (alias `t`).
+    Expr(String),
+}
+
+/// The unit of an integer age (`age_unit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochUnit {
+    /// `s`: seconds since the epoch.
+    Seconds,
+    /// `ms`: milliseconds.
+    Millis,
+    /// `us`: microseconds.
+    Micros,
+}
+
+impl EpochUnit {
+    /// Parses `s`, `ms` or `us`.
+    pub fn parse(text: &str) -> Option<EpochUnit> {
+        match text {
+            "s" => Some(EpochUnit::Seconds),
+            "ms" => Some(EpochUnit::Millis),
+            "us" => Some(EpochUnit::Micros),
+            _ => None,
+        }
+    }
+
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EpochUnit::Seconds => "s",
+            EpochUnit::Millis => "ms",
+            EpochUnit::Micros => "us",
+        }
+    }
+
+    /// Microseconds in one unit.
+    pub fn micros(self) -> i64 {
+        match self {
+            EpochUnit::Seconds => 1_000_000,
+            EpochUnit::Millis => 1_000,
+            EpochUnit::Micros => 1,
+        }
+    }
+}
+
+impl Age {
+    /// The column name, when the age is a plain column.
+    pub fn column(&self) -> Option<&str> {
+        match &self.source {
+            AgeSource::Column(c) => Some(c),
+            AgeSource::Expr(_) => None,
+        }
+    }
+
+    /// The expression, when the age is `age_expr`.
+    pub fn expr(&self) -> Option<&str> {
+        match &self.source {
+            AgeSource::Expr(e) => Some(e),
+            AgeSource::Column(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Age {
+    /// The column name, or `(expression)`; ` [ms]` for integer ages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            AgeSource::Column(c) => write!(f, "{c}")?,
+            AgeSource::Expr(e) => write!(f, "({e})")?,
+        }
+        match self.unit {
+            Some(u) => write!(f, " [{}]", u.as_str()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What a table rule does to an expired row.
@@ -404,8 +499,8 @@ pub struct Guard {
     pub store: String,
     /// Guarded table.
     pub table: TableName,
-    /// Column holding each row's age.
-    pub age: String,
+    /// Where each row's age comes from.
+    pub age: Age,
     /// No row younger than this is ever deleted.
     pub min_keep: Keep,
     /// Why (shown in plans and reports).

@@ -101,6 +101,8 @@ pub struct RawRule {
     // SQL targets
     pub table: Option<SStr>,
     pub age: Option<SStr>,
+    pub age_expr: Option<SStr>,
+    pub age_unit: Option<SStr>,
     #[serde(rename = "where")]
     pub filter: Option<SStr>,
     pub columns: Option<Spanned<BTreeMap<String, Spanned<RawMask>>>>,
@@ -155,6 +157,8 @@ pub struct RawGuard {
     pub store: Option<SStr>,
     pub table: Option<SStr>,
     pub age: Option<SStr>,
+    pub age_expr: Option<SStr>,
+    pub age_unit: Option<SStr>,
     pub min_keep: Option<SStr>,
     pub reason: Option<SStr>,
 }

@@ -631,7 +631,8 @@ fn guards(
             }
         }
         let table = table_name(cx, &g.table, span.clone(), what);
-        let age = cx.required(&g.age, "age", span.clone(), what);
+        let age =
+            age(cx, &g.age, &g.age_expr, &g.age_unit, span.clone(), what).map(|(age, _, _)| age);
         let min_keep = match &g.min_keep {
             Some(v) => cx.keep(v),
             None => {
@@ -860,10 +861,13 @@ fn table_target(
     if let Some(v) = &r.table {
         spans.table = v.span();
     }
-    let age = cx.required(&r.age, "age", span.clone(), what);
-    if let Some(v) = &r.age {
-        spans.age = v.span();
-    }
+    let age = age(cx, &r.age, &r.age_expr, &r.age_unit, span.clone(), what).map(
+        |(age, age_span, unit_span)| {
+            spans.age = age_span;
+            spans.age_unit = unit_span;
+            age
+        },
+    );
     let filter = match &r.filter {
         Some(v) => {
             spans.filter = Some(v.span());
@@ -956,6 +960,78 @@ fn table_target(
         action,
         blobs,
     }))
+}
+
+/// `age = "column"` or `age_expr = "SQL"` (exactly one), and `age_unit`.
+/// Whether the unit fits the column's type is for `check --online`.
+fn age(
+    cx: &mut Ctx,
+    column: &Option<SStr>,
+    expr: &Option<SStr>,
+    unit: &Option<SStr>,
+    table_span: Range<usize>,
+    what: &str,
+) -> Option<(Age, Range<usize>, Option<Range<usize>>)> {
+    let unit = match unit {
+        None => None,
+        Some(v) => {
+            let text = cx.string(v)?;
+            match EpochUnit::parse(&text) {
+                Some(u) => Some((u, v.span())),
+                None => {
+                    cx.err(
+                        v.span(),
+                        format!("unknown age_unit `{text}`"),
+                        "an integer age counts \"s\" (seconds), \"ms\" (milliseconds) or \"us\" (microseconds) since 1970-01-01 UTC",
+                    );
+                    return None;
+                }
+            }
+        }
+    };
+    let (source, span) = match (column, expr) {
+        (Some(c), Some(e)) => {
+            cx.err(
+                e.span(),
+                "`age` and `age_expr` both given",
+                format!("a {what}'s age is one column (`age`) or one expression (`age_expr`); remove one"),
+            );
+            let _ = c;
+            return None;
+        }
+        (Some(_), None) => {
+            let c = cx.required(column, "age", table_span, what)?;
+            (AgeSource::Column(c), column.as_ref().map(|v| v.span()))
+        }
+        (None, Some(v)) => {
+            let e = cx.string(v)?;
+            if let Err(err) = super::sql_expr::check(&e) {
+                cx.err(
+                    v.span(),
+                    format!("`age_expr` is not one SQL expression: {err}"),
+                    "write one expression on the row (alias `t`) that yields a time, e.g. \"coalesce(t.refreshed_at, t.created_at)\"",
+                );
+                return None;
+            }
+            (AgeSource::Expr(e), Some(v.span()))
+        }
+        (None, None) => {
+            cx.err(
+                table_span,
+                format!("a {what} on a SQL table needs `age` or `age_expr`"),
+                "add `age = \"created_at\"` (the column holding each row's age), or `age_expr = \"coalesce(t.updated_at, t.created_at)\"`",
+            );
+            return None;
+        }
+    };
+    Some((
+        Age {
+            source,
+            unit: unit.as_ref().map(|(u, _)| *u),
+        },
+        span.unwrap_or_default(),
+        unit.map(|(_, s)| s),
+    ))
 }
 
 /// A `where` must be exactly one SQL expression (see [`super::sql_expr`]):
@@ -1129,6 +1205,8 @@ fn prefix_target(
     for (key, v) in [
         ("table", &r.table),
         ("age", &r.age),
+        ("age_expr", &r.age_expr),
+        ("age_unit", &r.age_unit),
         ("where", &r.filter),
         ("on_unparsable", &r.on_unparsable),
     ] {

@@ -435,6 +435,13 @@ fn totals_of(report: &RuleReport) -> Totals {
     }
 }
 
+fn table_age(rule: &Rule) -> Option<&crate::config::Age> {
+    match &rule.target {
+        crate::config::Target::Table(t) => Some(&t.age),
+        crate::config::Target::Prefix(_) => None,
+    }
+}
+
 fn rule_run(rule: &Rule, report: &RuleReport, run_id: &str, started: DateTime<Utc>) -> RuleRun {
     RuleRun {
         run_id: run_id.to_string(),
@@ -446,6 +453,8 @@ fn rule_run(rule: &Rule, report: &RuleReport, run_id: &str, started: DateTime<Ut
         cutoff: report.cutoff.map(format_ts),
         description: rule.description.clone(),
         policy_ref: rule.policy_ref.clone(),
+        age_expr: table_age(rule).and_then(|a| a.expr().map(str::to_string)),
+        age_unit: table_age(rule).and_then(|a| a.unit.map(|u| u.as_str().to_string())),
         started: Some(format_ts(started)),
     }
 }
@@ -467,6 +476,7 @@ fn intent_event(
             batches: report.batches,
             cascaded: report.cascaded.clone(),
             skipped: report.skipped.clone(),
+            null_age: report.null_age,
             // The oldest due item: with the cutoff, how late the promise is.
             oldest: report.oldest.map(format_ts),
         },
@@ -499,6 +509,7 @@ fn outcome_event(
             cascaded: report.cascaded.clone(),
             skipped: report.skipped.clone(),
             unparsable: report.unparsable,
+            null_age: report.null_age,
             versions: report.versions,
             objects: report.objects,
             // Integers in records stay within ±2^53 (8 PiB): clamp, never wrap.

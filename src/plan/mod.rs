@@ -59,6 +59,10 @@ pub struct RuleReport {
     /// Due rows whose text IP value does not parse (mask rules).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unparsable: Option<i64>,
+    /// Table rules: rows inside the rule's `where` whose age is NULL. The
+    /// contract keeps them forever; they are counted so that is seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub null_age: Option<i64>,
     /// Blob rules: versions and delete markers to remove (plan) or removed (run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub versions: Option<i64>,
@@ -190,6 +194,7 @@ impl RuleReport {
             protected: 0,
             protected_by: BTreeMap::new(),
             unparsable: None,
+            null_age: None,
             versions: None,
             objects: None,
             bytes: None,
@@ -454,6 +459,7 @@ fn apply_counts(report: &mut RuleReport, resolved: &ResolvedRule, counts: Counts
     report.total = counts.total;
     report.oldest = counts.oldest;
     report.unparsable = resolved.mask.as_ref().map(|_| counts.unparsable);
+    report.null_age = Some(counts.null_age);
     report.batches = (counts.matched + i64::from(batch_size) - 1) / i64::from(batch_size);
 }
 

@@ -262,6 +262,9 @@ fn promise_section(p: &Promise) -> String {
     if !p.protected_by.is_empty() {
         fact(&mut out, "Kept back by", &by_key(&p.protected_by));
     }
+    if let Some(n) = p.null_age.filter(|n| *n > 0) {
+        fact(&mut out, "No age (NULL, never expire)", &n.to_string());
+    }
     fact(&mut out, "Skipped (latest run)", &by_key(&p.skipped));
     if let Some(n) = p.partitions_dropped {
         fact(&mut out, "Partitions dropped", &n.to_string());

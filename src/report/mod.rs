@@ -240,6 +240,9 @@ pub struct Promise {
     /// latest run (from the signed records; a row kept by two counts for
     /// both).
     pub protected_by: BTreeMap<String, i64>,
+    /// Rows whose age was NULL at the latest run: the contract keeps them
+    /// forever, so a promise can be kept on paper and broken in fact.
+    pub null_age: Option<i64>,
     /// Due items kept because they could not be touched safely, by reason,
     /// at the latest run.
     pub skipped: BTreeMap<String, i64>,
@@ -355,6 +358,7 @@ struct Open {
     lag: Option<i64>,
     protected: i64,
     protected_by: BTreeMap<String, i64>,
+    null_age: Option<i64>,
 }
 
 #[derive(Default)]
@@ -372,6 +376,7 @@ struct Acc {
     cascaded: BTreeMap<String, i64>,
     protected: Option<i64>,
     protected_by: BTreeMap<String, i64>,
+    null_age: Option<i64>,
     skipped: BTreeMap<String, i64>,
     partitions_dropped: Option<i64>,
     objects: Option<i64>,
@@ -591,6 +596,7 @@ impl Builder {
                         lag,
                         protected: intent.planned.protected,
                         protected_by: intent.planned.protected_by.clone(),
+                        null_age: intent.planned.null_age,
                     },
                 );
             }
@@ -654,6 +660,10 @@ impl Builder {
             o.counts.bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
         );
         acc.protected = o.counts.protected.or(intent.as_ref().map(|i| i.protected));
+        acc.null_age = o
+            .counts
+            .null_age
+            .or(intent.as_ref().and_then(|i| i.null_age));
         acc.protected_by = if o.counts.protected_by.is_empty() {
             intent
                 .as_ref()
@@ -794,7 +804,7 @@ impl Builder {
                     GuardInForce {
                         store: g.store.clone(),
                         table: g.table.to_string(),
-                        age: g.age.clone(),
+                        age: g.age.to_string(),
                         min_keep: g.min_keep.to_string(),
                         reason: g.reason.clone(),
                         rules: promises
@@ -1006,6 +1016,7 @@ fn promise(
         cascaded: acc.cascaded.clone(),
         protected: acc.protected,
         protected_by: acc.protected_by.clone(),
+        null_age: acc.null_age,
         skipped: acc.skipped.clone(),
         partitions_dropped: acc.partitions_dropped,
         objects: acc.objects,

@@ -378,6 +378,7 @@ pub fn markdown(report: &Report) -> String {
             && p.guards.is_empty()
             && p.holds.is_empty()
             && p.protected_by.is_empty()
+            && p.null_age.unwrap_or(0) == 0
         {
             continue;
         }
@@ -397,6 +398,11 @@ pub fn markdown(report: &Report) -> String {
             out.push_str(&format!(
                 "- skipped ({}) at the latest run: {n}\n",
                 md_escape(why)
+            ));
+        }
+        if let Some(n) = p.null_age.filter(|n| *n > 0) {
+            out.push_str(&format!(
+                "- rows with no age (NULL: never expire) at the latest run: {n}\n"
             ));
         }
         for (floor, n) in &p.protected_by {
@@ -436,7 +442,7 @@ fn pairs(map: &std::collections::BTreeMap<String, i64>) -> String {
 /// CSV, one row per promise. Times are UTC.
 pub fn csv(report: &Report) -> String {
     let mut out = String::from(
-        "rule,status,action,keep,policy_ref,target,first_run_utc,last_run_utc,runs_ok,runs_refused,runs_failed,runs_interrupted,runs_abandoned,runs_unfinished,deleted,masked,cascaded,protected,protected_by,skipped,partitions_dropped,objects,bytes,latest_cutoff_utc,compliance_lag_seconds,max_compliance_lag_seconds,failures\n",
+        "rule,status,action,keep,policy_ref,target,first_run_utc,last_run_utc,runs_ok,runs_refused,runs_failed,runs_interrupted,runs_abandoned,runs_unfinished,deleted,masked,cascaded,protected,protected_by,null_age,skipped,partitions_dropped,objects,bytes,latest_cutoff_utc,compliance_lag_seconds,max_compliance_lag_seconds,failures\n",
     );
     let opt = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
     let time = |v: &Option<String>| v.as_deref().map(human).unwrap_or_default();
@@ -462,6 +468,7 @@ pub fn csv(report: &Report) -> String {
             pairs(&p.cascaded),
             opt(p.protected),
             pairs(&p.protected_by),
+            opt(p.null_age),
             pairs(&p.skipped),
             opt(p.partitions_dropped),
             opt(p.objects),

@@ -6,6 +6,7 @@ mod emulators;
 mod pg;
 mod util;
 
+mod ages;
 mod audit;
 mod azure;
 mod blob;

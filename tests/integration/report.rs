@@ -209,7 +209,7 @@ async fn report_json_md_csv_say_what_happened() {
         "{csv}"
     );
     assert!(
-        lines[1].contains(",1,0,0,0,0,0,10,0,,1,hold case-7=1,,,,"),
+        lines[1].contains(",1,0,0,0,0,0,10,0,,1,hold case-7=1,0,,,"),
         "{csv}"
     );
 }
@@ -507,7 +507,7 @@ async fn report_carries_cascades_skips_and_both_promises_of_a_changed_keep() {
     );
     let csv = report(&cfg, "csv");
     assert!(
-        csv.stdout.contains(",public.kids=8,0,,foreign_key=1,"),
+        csv.stdout.contains(",public.kids=8,0,,0,foreign_key=1,"),
         "{csv}"
     );
 }
@@ -1051,6 +1051,8 @@ fn month_of_records(signer: &retentiond::audit::Signer) -> String {
                 keep: keep.into(),
                 cutoff: Some(format_ts(cutoff)),
                 description: None,
+                age_expr: None,
+                age_unit: None,
                 policy_ref: Some(format!(
                     "{policy} {}",
                     match (rule, keep) {
@@ -1099,6 +1101,7 @@ fn month_of_records(signer: &retentiond::audit::Signer) -> String {
                         batches: 1,
                         cascaded: cascaded.clone(),
                         skipped: BTreeMap::new(),
+                        null_age: None,
                         oldest: Some(format_ts(cutoff - overdue)),
                     },
                     config_sha256: sha.into(),

@@ -17,6 +17,7 @@
 //! evaluated fails the batch instead of being deleted unseen.
 
 use super::resolve::ResolvedRule;
+use super::sql;
 use sqlx::{PgConnection, Row};
 use std::collections::BTreeMap;
 
@@ -33,6 +34,8 @@ pub struct Counts {
     pub unparsable: i64,
     /// The oldest age among matched rows (compliance lag).
     pub oldest: Option<chrono::DateTime<chrono::Utc>>,
+    /// Rows inside the rule's `where` whose age is NULL: never expire.
+    pub null_age: i64,
     /// Of `protected`, what each guard and hold keeps back (by label; a row
     /// two floors keep counts for both).
     pub protected_by: BTreeMap<String, i64>,
@@ -56,6 +59,7 @@ pub async fn count(conn: &mut PgConnection, rule: &ResolvedRule) -> Result<Count
         protected: row.try_get("protected")?,
         unparsable: row.try_get("unparsable")?,
         oldest: row.try_get("oldest")?,
+        null_age: row.try_get("null_age")?,
         protected_by,
     })
 }
@@ -87,7 +91,8 @@ pub fn count_sql(rule: &ResolvedRule) -> String {
                 count(*) FILTER (WHERE x.retentiond_d AND NOT x.retentiond_m AND NOT x.retentiond_p)::int8 AS matched, \
                 count(*) FILTER (WHERE x.retentiond_d AND NOT x.retentiond_m AND x.retentiond_p)::int8 AS protected, \
                 count(*) FILTER (WHERE x.retentiond_d AND NOT x.retentiond_p AND x.retentiond_u)::int8 AS unparsable, \
-                (min(t.{age}) FILTER (WHERE x.retentiond_d AND NOT x.retentiond_m AND NOT x.retentiond_p))::timestamptz AS oldest\
+                {oldest} AS oldest, \
+                count(*) FILTER (WHERE {null_age})::int8 AS null_age\
                 {by_counts} \
          FROM {table} AS t, LATERAL ( \
            SELECT z.*{by_columns} FROM ( \
@@ -98,7 +103,14 @@ pub fn count_sql(rule: &ResolvedRule) -> String {
              FROM (SELECT {due} AS retentiond_d) AS y) AS z) AS x",
         protected = rule.protected,
         due = rule.due,
-        age = rule.age_column,
+        oldest = sql::age_as_timestamptz(
+            &format!(
+                "min({}) FILTER (WHERE x.retentiond_d AND NOT x.retentiond_m AND NOT x.retentiond_p)",
+                rule.age.sql("t")
+            ),
+            rule.age.ty
+        ),
+        null_age = rule.null_age,
         table = rule.table.quoted,
     )
 }

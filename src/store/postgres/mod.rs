@@ -1,6 +1,7 @@
 //! PostgreSQL: connections, the database clock, and (in submodules) catalog
 //! introspection, rule SQL and batch statements.
 
+pub mod age;
 pub mod batch;
 pub mod progress;
 pub mod protect;

@@ -16,6 +16,7 @@
 //! table reads the row already at hand, so it costs no extra scan. Cascade
 //! levels use aliases no user writes (`retentiond_c1`, ...).
 
+use super::age::{self, ResolvedAge};
 use super::schema::{self, SchemaError, TableInfo, TargetError};
 use super::sql;
 use crate::audit::events::{guard_label, hold_label};
@@ -35,8 +36,8 @@ pub enum Floor {
         /// What it is called in counts and reports:
         /// `guard <table>.<age> min_keep <keep>`.
         label: String,
-        /// The age column (unquoted).
-        age: String,
+        /// The guard's age.
+        age: ResolvedAge,
         /// The cutoff as a literal of the column's type.
         cutoff: String,
         /// For notes: `min_keep` and reason.
@@ -113,7 +114,7 @@ impl Floor {
 
 fn floor_predicate(alias: &str, floor: &Floor) -> String {
     match floor {
-        Floor::Guard { age, cutoff, .. } => sql::guard_protects(alias, age, cutoff),
+        Floor::Guard { age, cutoff, .. } => sql::guard_protects(&age.sql(alias), cutoff),
         Floor::Hold { filter, .. } => hold_in_scope(alias, filter),
     }
 }
@@ -397,7 +398,7 @@ impl Floors {
                 TargetError::new(format!("guarded table {} does not exist", g.table))
             })?;
             let info = schema::table(conn, &g.table).await?;
-            let floor = guard_floor(g, &info, at);
+            let floor = guard_floor(conn, g, &info, at).await?;
             by_oid.push((oid, floor));
         }
         for (h, table, filter) in config.row_holds_in(store) {
@@ -424,29 +425,36 @@ impl Floors {
     }
 }
 
-fn guard_floor(g: &Guard, info: &TableInfo, at: DateTime<Utc>) -> Result<Floor, TargetError> {
-    let cutoff = g.min_keep.cutoff(at).ok_or_else(|| {
-        TargetError::new(format!(
+/// A guard as a floor, or why it cannot be evaluated (an error only where
+/// a delete reaches its table).
+async fn guard_floor(
+    conn: &mut PgConnection,
+    g: &Guard,
+    info: &TableInfo,
+    at: DateTime<Utc>,
+) -> Result<Result<Floor, TargetError>, sqlx::Error> {
+    let Some(cutoff) = g.min_keep.cutoff(at) else {
+        return Ok(Err(TargetError::new(format!(
             "guard on {}: min_keep {} reaches before year 0",
             g.table, g.min_keep
-        ))
-    })?;
-    let col = info
-        .columns
-        .get(&g.age)
-        .ok_or_else(|| TargetError::new(format!("column {}.{} does not exist", g.table, g.age)))?;
-    let ty = col.age_type().ok_or_else(|| {
-        TargetError::new(format!(
-            "column {}.{} is {}, not a timestamp: a guard's age column must be timestamptz, timestamp or date",
-            g.table, g.age, col.sql_type
-        ))
-    })?;
-    Ok(Floor::Guard {
+        ))));
+    };
+    let age = match age::resolve(conn, info, &g.table, &g.age).await {
+        Ok(age) => age,
+        Err(SchemaError::Target(e)) => {
+            return Ok(Err(TargetError::new(format!(
+                "guard on {}: {}",
+                g.table, e.message
+            ))))
+        }
+        Err(SchemaError::Db(e)) => return Err(e),
+    };
+    Ok(Ok(Floor::Guard {
         label: guard_label(g),
-        age: g.age.clone(),
-        cutoff: sql::cutoff_literal(cutoff, ty),
+        cutoff: sql::cutoff_literal(cutoff, age.ty),
+        age,
         about: format!("min_keep {}: {}", g.min_keep, g.reason),
-    })
+    }))
 }
 
 /// The holds (never guards: masking keeps the row) on `table`, for a mask
@@ -589,7 +597,7 @@ mod tests {
     fn grandchildren_get_their_own_alias_and_unprotected_branches_are_pruned() {
         let guard = Floor::Guard {
             label: "guard ccc.created_at min_keep 10y".into(),
-            age: "created_at".into(),
+            age: ResolvedAge::column("created_at", schema::AgeType::Timestamptz, true),
             cutoff: "X".into(),
             about: "min_keep 10y: law".into(),
         };
@@ -676,7 +684,7 @@ mod tests {
     fn each_floor_is_counted_through_every_path_that_reaches_it() {
         let guard = |table: &str| Floor::Guard {
             label: format!("guard {table}.at min_keep 10y"),
-            age: "at".into(),
+            age: ResolvedAge::column("at", schema::AgeType::Timestamptz, true),
             cutoff: "X".into(),
             about: "law".into(),
         };

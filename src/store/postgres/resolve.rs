@@ -6,8 +6,9 @@
 //! guard whose column does not exist) is a [`TargetError`]: the run is
 //! refused rather than guessed.
 
+use super::age::{self, ResolvedAge};
 use super::protect::{self, CascadeTree, Cascaded};
-use super::schema::{self, AgeType, Field, SchemaError, TableInfo, TargetError};
+use super::schema::{self, Field, SchemaError, TableInfo, TargetError};
 use super::sql::{self, ColumnKind};
 use crate::config::{Config, MaskSpec, MaskStrategy, TableAction, TableName, TableRule};
 use chrono::{DateTime, Utc};
@@ -20,10 +21,13 @@ pub struct ResolvedRule {
     pub table: TableInfo,
     /// Relations whose heaps are walked (leaf partitions, or the table).
     pub leaves: Vec<String>,
-    /// The age column (quoted, on alias `t`).
-    pub age_column: String,
+    /// The rule's age (column or `age_expr`, time or integer).
+    pub age: ResolvedAge,
     /// Expired and inside `where` (alias `t`).
     pub due: String,
+    /// Inside `where` with a NULL age: kept forever by the contract, and
+    /// counted so that it is seen (alias `t`).
+    pub null_age: String,
     /// Kept back by a guard, a hold, or a cascade into either (alias `t`).
     pub protected: String,
     /// Per guard and hold (label, predicate): what each one keeps back.
@@ -75,7 +79,7 @@ pub async fn resolve(
     at: DateTime<Utc>,
 ) -> Result<ResolvedRule, SchemaError> {
     let table = schema::table(conn, &rule.table).await?;
-    let age_type = age_type(&table, &rule.table, &rule.age).map_err(|e| e.about(Field::Age))?;
+    let age = age::resolve(conn, &table, &rule.table, &rule.age).await?;
     let privilege = match rule.action {
         TableAction::Delete => "DELETE",
         TableAction::Mask(_) => "UPDATE",
@@ -91,11 +95,18 @@ pub async fn resolve(
     }
     let leaves = schema::leaves(conn, &table).await?;
     let due = sql::due(
-        "t",
-        &rule.age,
-        &sql::cutoff_literal(cutoff, age_type),
+        &age.sql("t"),
+        &sql::cutoff_literal(cutoff, age.ty),
         rule.filter.as_deref(),
     );
+    let null_age = match &rule.filter {
+        Some(f) => format!(
+            "({} IS NULL AND {} IS TRUE)",
+            age.sql("t"),
+            sql::user_expr(f)
+        ),
+        None => format!("({} IS NULL)", age.sql("t")),
+    };
     let (protected, protected_by, notes, cascaded) = match &rule.action {
         TableAction::Delete => {
             let tree = CascadeTree::load(conn, config, store, &table, &rule.table, at).await?;
@@ -123,7 +134,8 @@ pub async fn resolve(
         TableAction::Delete => None,
     };
     let mut resolved = ResolvedRule {
-        age_column: sql::quote_ident(&rule.age),
+        age,
+        null_age,
         table,
         leaves,
         due,
@@ -138,37 +150,6 @@ pub async fn resolve(
         resolved.cascaded = protect::cascaded(tree, &resolved.eligible());
     }
     Ok(resolved)
-}
-
-fn age_type(table: &TableInfo, name: &TableName, age: &str) -> Result<AgeType, TargetError> {
-    // What an age column could be instead: the table's timestamp columns.
-    let timestamps = || {
-        let cols: Vec<String> = table
-            .columns
-            .iter()
-            .filter(|(_, c)| c.age_type().is_some())
-            .map(|(n, _)| format!("`{n}`"))
-            .collect();
-        if cols.is_empty() {
-            format!("; {name} has no timestamp or date column")
-        } else {
-            format!("; its timestamp columns: {}", cols.join(", "))
-        }
-    };
-    let col = table.columns.get(age).ok_or_else(|| {
-        TargetError::new(format!(
-            "column {name}.{age} does not exist{}{}",
-            schema::did_you_mean(age, table.columns.keys().map(String::as_str)),
-            timestamps()
-        ))
-    })?;
-    col.age_type().ok_or_else(|| {
-        TargetError::new(format!(
-            "column {name}.{age} is {}, not a timestamp: an age column must be timestamptz, timestamp or date{}",
-            col.sql_type,
-            timestamps()
-        ))
-    })
 }
 
 fn mask_sql(

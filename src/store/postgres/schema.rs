@@ -40,6 +40,8 @@ pub enum AgeType {
     Timestamp,
     /// `date`, read as midnight UTC.
     Date,
+    /// An integer count of `unit`s since 1970-01-01 UTC (`age_unit`).
+    Epoch(crate::config::EpochUnit),
 }
 
 impl ColumnInfo {
@@ -51,6 +53,11 @@ impl ColumnInfo {
             "date" => Some(AgeType::Date),
             _ => None,
         }
+    }
+
+    /// True for integer columns (an age with `age_unit`).
+    pub fn is_integer(&self) -> bool {
+        matches!(self.type_name.as_str(), "int2" | "int4" | "int8")
     }
 
     /// True for `text`/`varchar` columns.
@@ -74,8 +81,10 @@ pub struct TargetError {
 pub enum Field {
     /// `table`, or the rule as a whole.
     Table,
-    /// `age`.
+    /// `age` or `age_expr`.
     Age,
+    /// `age_unit`.
+    AgeUnit,
     /// A masked column.
     Column(String),
 }

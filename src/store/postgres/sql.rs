@@ -29,6 +29,13 @@ pub fn quote_table(table: &TableName) -> String {
 pub fn cutoff_literal(cutoff: DateTime<Utc>, ty: AgeType) -> String {
     let text = cutoff.format("%Y-%m-%d %H:%M:%S%.6f");
     match ty {
+        // An integer age `v` is at or before the cutoff exactly when
+        // `v <= floor(cutoff / unit)`: one integer, so the column is
+        // compared as it is stored (its index and heap order still serve).
+        AgeType::Epoch(unit) => format!(
+            "'{}'::int8",
+            cutoff.timestamp_micros().div_euclid(unit.micros())
+        ),
         AgeType::Timestamptz => format!("'{text}+00'::timestamptz"),
         // date <= timestamp compares the date's midnight with the cutoff.
         AgeType::Timestamp | AgeType::Date => format!("'{text}'::timestamp"),
@@ -43,9 +50,22 @@ pub fn user_expr(filter: &str) -> String {
     format!("(\n{filter}\n)")
 }
 
-/// Rows at or before the cutoff (NULL never is) and inside `where`.
-pub fn due(alias: &str, age: &str, cutoff: &str, filter: Option<&str>) -> String {
-    let base = format!("{alias}.{} <= {cutoff}", quote_ident(age));
+/// An age as `timestamptz` (for the oldest due row, the compliance lag).
+pub fn age_as_timestamptz(age: &str, ty: AgeType) -> String {
+    match ty {
+        AgeType::Epoch(unit) => format!(
+            "('epoch'::timestamptz + ({age}) * '{} microseconds'::interval)",
+            unit.micros()
+        ),
+        // Wall times are UTC (sessions run with TimeZone = UTC).
+        _ => format!("({age})::timestamptz"),
+    }
+}
+
+/// Rows at or before the cutoff (NULL never is) and inside `where`; `age`
+/// is the row's age as SQL (see `age::ResolvedAge::sql`).
+pub fn due(age: &str, cutoff: &str, filter: Option<&str>) -> String {
+    let base = format!("{age} <= {cutoff}");
     match filter {
         Some(f) => format!("({base} AND {} IS TRUE)", user_expr(f)),
         None => format!("({base})"),
@@ -54,9 +74,8 @@ pub fn due(alias: &str, age: &str, cutoff: &str, filter: Option<&str>) -> String
 
 /// A guard protects rows younger than its cutoff, and rows whose age is
 /// unknown: a floor that cannot be evaluated is not crossed.
-pub fn guard_protects(alias: &str, age: &str, cutoff: &str) -> String {
-    let col = format!("{alias}.{}", quote_ident(age));
-    format!("({col} IS NULL OR {col} > {cutoff})")
+pub fn guard_protects(age: &str, cutoff: &str) -> String {
+    format!("({age} IS NULL OR {age} > {cutoff})")
 }
 
 /// `EXISTS` over the rows a cascade would delete with a parent row, that are
@@ -346,10 +365,40 @@ mod tests {
 
     #[test]
     fn due_wraps_filter_as_is_true() {
-        assert_eq!(due("t", "created_at", "X", None), "(t.\"created_at\" <= X)");
         assert_eq!(
-            due("t", "a", "X", Some("tier = 'free'")),
+            due("t.\"created_at\"", "X", None),
+            "(t.\"created_at\" <= X)"
+        );
+        assert_eq!(
+            due("t.\"a\"", "X", Some("tier = 'free'")),
             "(t.\"a\" <= X AND (\ntier = 'free'\n) IS TRUE)"
+        );
+    }
+
+    #[test]
+    fn an_integer_cutoff_is_the_last_unit_at_or_before_it() {
+        use crate::config::EpochUnit;
+        let at = Utc.with_ymd_and_hms(2026, 2, 28, 12, 0, 0).unwrap()
+            + chrono::Duration::microseconds(1_999);
+        assert_eq!(
+            cutoff_literal(at, AgeType::Epoch(EpochUnit::Millis)),
+            "'1772280000001'::int8",
+            "1.999 ms past: the row at ms 1 is due, the row at ms 2 is not"
+        );
+        assert_eq!(
+            cutoff_literal(at, AgeType::Epoch(EpochUnit::Seconds)),
+            "'1772280000'::int8"
+        );
+        assert_eq!(
+            cutoff_literal(at, AgeType::Epoch(EpochUnit::Micros)),
+            "'1772280000001999'::int8"
+        );
+        let before_1970 = Utc.with_ymd_and_hms(1969, 12, 31, 23, 59, 59).unwrap()
+            + chrono::Duration::milliseconds(500);
+        assert_eq!(
+            cutoff_literal(before_1970, AgeType::Epoch(EpochUnit::Seconds)),
+            "'-1'::int8",
+            "floor, not truncation toward zero"
         );
     }
 

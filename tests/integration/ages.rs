@@ -1,0 +1,376 @@
+//! Ages as real schemas store them: epoch integers (`age_unit`), `date`
+//! and `timestamp(n)` columns, `age_expr` over several columns or a
+//! related table, and NULL ages counted (`null_age`). Each is exact at the
+//! cutoff in `plan --at` and `run --at`, and named in the signed records.
+
+use crate::util::*;
+use serde_json::Value;
+
+/// `keep = "30d"` at this instant: the cutoff is 2026-05-02T00:00:00Z.
+const AT: &str = "2026-06-01T00:00:00Z";
+/// 1 µs earlier: the cutoff is 1 µs before 2026-05-02T00:00:00Z.
+const JUST_BEFORE: &str = "2026-05-31T23:59:59.999999Z";
+/// 2026-05-02T00:00:00Z in seconds since the epoch.
+const CUTOFF_S: i64 = 1_777_680_000;
+
+fn rule(name: &str, table: &str, age: &str) -> String {
+    format!(
+        "[[rules]]\nname = \"{name}\"\nstore = \"app\"\ntable = \"{table}\"\n{age}\nkeep = \"30d\"\naction = \"delete\"\nmax_fraction = 1.0\n\n"
+    )
+}
+
+#[tokio::test]
+async fn ages_epoch_integers_dates_and_timestamp_precision_expire_exactly_at_the_cutoff() {
+    let env = Env::new().await;
+    let c = CUTOFF_S;
+    env.db
+        .exec(&format!(
+            "CREATE TABLE presence (id text primary key, last_seen bigint);
+             INSERT INTO presence VALUES ('at', {ms}), ('before', {ms} - 1), ('after', {ms} + 1), ('never', NULL);
+             CREATE TABLE rooms (id text primary key, creation_ts int);
+             INSERT INTO rooms VALUES ('at', {c}), ('after', {c} + 1);
+             CREATE TABLE traces (id text primary key, t_us bigint not null);
+             INSERT INTO traces VALUES ('at', {us}), ('after', {us} + 1);
+             CREATE TABLE daily (id text primary key, day date);
+             INSERT INTO daily VALUES ('at', '2026-05-02'), ('before', '2026-05-01'), ('after', '2026-05-03');
+             CREATE TABLE precise (id text primary key, at timestamp(3));
+             INSERT INTO precise VALUES ('at', '2026-05-02 00:00:00.000'), ('after', '2026-05-02 00:00:00.001');",
+            ms = c * 1000,
+            us = c * 1_000_000,
+        ))
+        .await;
+    let body = [
+        rule(
+            "presence-ms",
+            "presence",
+            "age = \"last_seen\"\nage_unit = \"ms\"",
+        ),
+        rule(
+            "rooms-s",
+            "rooms",
+            "age = \"creation_ts\"\nage_unit = \"s\"",
+        ),
+        rule("traces-us", "traces", "age = \"t_us\"\nage_unit = \"us\""),
+        rule("daily-date", "daily", "age = \"day\""),
+        rule("precise-ts3", "precise", "age = \"at\""),
+    ]
+    .concat();
+    let cfg = env.config(&body);
+    let check = retentiond(
+        &["check", "--online", "-c", &cfg.display().to_string()],
+        &[],
+    );
+    assert_eq!(check.code, 0, "{check}");
+
+    // Exactly at the cutoff: `age <= cutoff` expires, NULL never does.
+    let plan = json_cmd("plan", &cfg, &["--at", AT]);
+    assert_eq!(plan.code, 0, "{plan}");
+    let matched = |out: &Out, r: &str| out.rule(r)["matched"].as_i64().unwrap();
+    assert_eq!(matched(&plan, "presence-ms"), 2, "at and before: {plan}");
+    assert_eq!(plan.rule("presence-ms")["null_age"], 1, "{plan}");
+    assert_eq!(matched(&plan, "rooms-s"), 1, "{plan}");
+    assert_eq!(matched(&plan, "traces-us"), 1, "{plan}");
+    assert_eq!(
+        matched(&plan, "daily-date"),
+        2,
+        "a day is its UTC midnight: {plan}"
+    );
+    assert_eq!(matched(&plan, "precise-ts3"), 1, "{plan}");
+    // 1 µs earlier, the rows exactly at the cutoff are not due yet.
+    let before = json_cmd("plan", &cfg, &["--at", JUST_BEFORE]);
+    assert_eq!(matched(&before, "presence-ms"), 1, "{before}");
+    assert_eq!(matched(&before, "rooms-s"), 0, "{before}");
+    assert_eq!(matched(&before, "traces-us"), 0, "{before}");
+    assert_eq!(matched(&before, "daily-date"), 1, "{before}");
+    assert_eq!(matched(&before, "precise-ts3"), 0, "{before}");
+
+    let run = json_cmd("run", &cfg, &["--at", AT]);
+    assert_eq!(run.code, 0, "{run}");
+    for (table, left) in [
+        ("presence", vec!["after", "never"]),
+        ("rooms", vec!["after"]),
+        ("traces", vec!["after"]),
+        ("daily", vec!["after"]),
+        ("precise", vec!["after"]),
+    ] {
+        let rows = env
+            .db
+            .strings(&format!("SELECT id FROM {table} ORDER BY id"))
+            .await;
+        assert_eq!(rows, left, "{table}: {run}");
+    }
+    let (log, _) = export(&env);
+    let intent = log
+        .lines()
+        .find(|l| l.contains("\"run_intent\"") && l.contains("\"presence-ms\""))
+        .expect("an intent");
+    assert!(intent.contains("\"age_unit\":\"ms\""), "{intent}");
+    assert!(intent.contains("\"null_age\":1"), "{intent}");
+    assert!(
+        intent.contains("\"cutoff\":\"2026-05-02T00:00:00.000000Z\""),
+        "{intent}"
+    );
+}
+
+#[tokio::test]
+async fn ages_age_expr_over_several_columns_or_a_related_table_and_in_guards() {
+    let env = Env::new().await;
+    env.db
+        .exec(
+            "CREATE TABLE auth_sessions (id int primary key, created_at timestamptz not null, updated_at timestamptz, refreshed_at timestamptz);
+             -- 1: refreshed recently (kept), 2: updated long ago (due), 3: only created long ago (due), 4: created recently (kept).
+             INSERT INTO auth_sessions VALUES
+               (1, '2026-01-01', '2026-01-02', '2026-05-20'),
+               (2, '2026-01-01', '2026-04-01', NULL),
+               (3, '2026-01-01', NULL, NULL),
+               (4, '2026-05-10', NULL, NULL);
+             CREATE TABLE chat_sessions (id int primary key);
+             CREATE TABLE chat_tokens (id int primary key, session_id int REFERENCES chat_sessions(id) ON DELETE CASCADE, created_at timestamptz);
+             -- A session ages by its newest token: 10 has a recent one, 11 only old ones, 12 none (NULL: never expires).
+             INSERT INTO chat_sessions VALUES (10), (11), (12);
+             INSERT INTO chat_tokens VALUES (1, 10, '2026-01-01'), (2, 10, '2026-05-25'), (3, 11, '2026-01-01'), (4, 11, '2026-03-01');
+             CREATE TABLE accounts (id int primary key, closed_at timestamptz);
+             CREATE TABLE invoices (id int primary key, account_id int REFERENCES accounts(id) ON DELETE CASCADE, issued_at timestamptz, paid_at timestamptz);
+             INSERT INTO accounts VALUES (20, '2025-01-01'), (21, '2025-01-01');
+             -- Both issued long ago; 20's was paid recently, so the guard's age (paid, else issued) keeps it.
+             INSERT INTO invoices VALUES (1, 20, '2024-01-01', '2026-05-20'), (2, 21, '2024-01-01', '2024-02-01');",
+        )
+        .await;
+    let body = [
+        rule(
+            "auth-sessions",
+            "auth_sessions",
+            "age_expr = \"coalesce(t.refreshed_at, t.updated_at, t.created_at)\"",
+        ),
+        rule(
+            "chat-sessions",
+            "chat_sessions",
+            "age_expr = \"(SELECT max(r.created_at) FROM chat_tokens r WHERE r.session_id = t.id)\"",
+        ),
+        rule("closed-accounts", "accounts", "age = \"closed_at\""),
+        "[[guards]]\nstore = \"app\"\ntable = \"invoices\"\nage_expr = \"coalesce(paid_at, issued_at)\"\nmin_keep = \"90d\"\nreason = \"tax: 90 days after payment\"\n".to_string(),
+    ]
+    .concat();
+    let cfg = env.config(&body);
+    let check = retentiond(
+        &["check", "--online", "-c", &cfg.display().to_string()],
+        &[],
+    );
+    assert_eq!(check.code, 0, "{check}");
+    let plan = json_cmd("plan", &cfg, &["--at", AT]);
+    assert_eq!(plan.code, 0, "{plan}");
+    assert_eq!(plan.rule("auth-sessions")["matched"], 2, "{plan}");
+    assert_eq!(plan.rule("chat-sessions")["matched"], 1, "{plan}");
+    assert_eq!(
+        plan.rule("chat-sessions")["null_age"],
+        1,
+        "a session without tokens has no age: {plan}"
+    );
+    assert_eq!(
+        plan.rule("chat-sessions")["cascaded"]["public.chat_tokens"],
+        2
+    );
+    let accounts = plan.rule("closed-accounts");
+    assert_eq!(
+        (accounts["matched"].as_i64(), accounts["protected"].as_i64()),
+        (Some(1), Some(1)),
+        "{plan}"
+    );
+    // The oldest due session's age is the expression's, not a column's.
+    assert_eq!(
+        plan.rule("auth-sessions")["oldest"],
+        "2026-01-01T00:00:00.000000Z",
+        "{plan}"
+    );
+
+    let run = json_cmd("run", &cfg, &["--at", AT]);
+    assert_eq!(run.code, 0, "{run}");
+    let left = |sql: &str| {
+        let sql = sql.to_string();
+        let env = &env;
+        async move { env.db.strings(&sql).await }
+    };
+    assert_eq!(
+        left("SELECT id::text FROM auth_sessions ORDER BY id").await,
+        ["1", "4"]
+    );
+    assert_eq!(
+        left("SELECT id::text FROM chat_sessions ORDER BY id").await,
+        ["10", "12"]
+    );
+    assert_eq!(
+        left("SELECT id::text FROM accounts ORDER BY id").await,
+        ["20"]
+    );
+    let (log, _) = export(&env);
+    let outcome = log
+        .lines()
+        .find(|l| l.contains("\"run_outcome\"") && l.contains("\"chat-sessions\""))
+        .expect("an outcome");
+    assert!(
+        outcome.contains(
+            "\"age_expr\":\"(SELECT max(r.created_at) FROM chat_tokens r WHERE r.session_id = t.id)\""
+        ),
+        "the promise as enforced, in the signed record: {outcome}"
+    );
+    assert!(outcome.contains("\"keep\":\"30d\""), "{outcome}");
+}
+
+#[tokio::test]
+async fn ages_check_locates_a_wrong_unit_or_expression() {
+    let env = Env::new().await;
+    env.db
+        .exec(
+            "CREATE TABLE a (id int primary key, at timestamptz, n bigint, label text);
+             CREATE TABLE g (id int primary key, at timestamptz);",
+        )
+        .await;
+    let body = [
+        rule("unit-on-time", "a", "age = \"at\"\nage_unit = \"ms\""),
+        rule("int-without-unit", "a", "age = \"n\""),
+        rule("expr-text", "a", "age_expr = \"t.label\""),
+        rule("expr-broken", "a", "age_expr = \"t.nope + 1\""),
+        "[[guards]]\nstore = \"app\"\ntable = \"g\"\nage_expr = \"t.id\"\nmin_keep = \"1d\"\nreason = \"r\"\n\n".to_string(),
+        rule("ok", "g", "age = \"at\""),
+    ]
+    .concat();
+    let cfg = env.config(&body);
+    let header_lines = env.header().lines().count();
+    let out = retentiond(
+        &["check", "--online", "-c", &cfg.display().to_string()],
+        &[],
+    );
+    assert_eq!(out.code, 2, "{out}");
+    let line_of = |needle: &str| {
+        body.lines()
+            .position(|l| l == needle)
+            .map(|i| format!("retention.toml:{}:", header_lines + i + 1))
+            .unwrap_or_else(|| panic!("{needle}"))
+    };
+    let age_unit_line = {
+        let i = body.find("age_unit = \"ms\"").unwrap();
+        format!(
+            "retention.toml:{}:",
+            header_lines + body[..i].lines().count() + 1
+        )
+    };
+    for (at, text) in [
+        (
+            age_unit_line,
+            "column a.at is timestamp with time zone, a time: `age_unit = \"ms\"` applies to integer ages only",
+        ),
+        (
+            line_of("age = \"n\""),
+            "column a.n is bigint: an integer age needs its unit",
+        ),
+        (
+            line_of("age_expr = \"t.label\""),
+            "`age_expr` yields text, not a timestamp",
+        ),
+        (
+            line_of("age_expr = \"t.nope + 1\""),
+            "`age_expr` does not compile on a: column t.nope does not exist",
+        ),
+    ] {
+        assert!(
+            out.stderr.lines().any(|l| l.contains(&at) && l.contains(text)),
+            "missing {at}… {text}:\n{out}"
+        );
+    }
+    assert!(
+        out.stderr
+            .contains("guard: `age_expr` yields integer: an integer age needs its unit"),
+        "{out}"
+    );
+
+    // Offline: one of `age` and `age_expr`, a known unit, one expression.
+    for (bad, text) in [
+        (
+            "age = \"at\"\nage_expr = \"t.at\"",
+            "`age` and `age_expr` both given",
+        ),
+        ("age = \"n\"\nage_unit = \"min\"", "unknown age_unit `min`"),
+        (
+            "age_expr = \"t.at); DELETE FROM a; SELECT (1\"",
+            "`age_expr` is not one SQL expression",
+        ),
+        ("", "needs `age` or `age_expr`"),
+    ] {
+        let cfg = env.config(&rule("r", "a", bad));
+        let out = retentiond(&["check", "-c", &cfg.display().to_string()], &[]);
+        assert_eq!(out.code, 2, "{bad}: {out}");
+        assert!(out.stderr.contains(text), "{bad}: {out}");
+        let run = json_cmd("run", &cfg, &[]);
+        assert_eq!(run.code, 2, "run refuses it too: {run}");
+    }
+    assert_eq!(env.db.count("SELECT count(*) FROM a").await, 0);
+}
+
+#[tokio::test]
+async fn ages_nullable_age_columns_are_hinted_and_null_ages_reported() {
+    let env = Env::new().await;
+    env.db
+        .exec(
+            "CREATE TABLE files (id int primary key, created_at timestamptz not null, last_used timestamptz);
+             INSERT INTO files SELECT i, '2026-01-01', CASE WHEN i <= 3 THEN NULL ELSE '2026-01-02'::timestamptz END FROM generate_series(1, 10) i;",
+        )
+        .await;
+    let cfg = env.config(&rule("files", "files", "age = \"last_used\""));
+    let check = retentiond(
+        &["check", "--online", "-c", &cfg.display().to_string()],
+        &[],
+    );
+    assert_eq!(check.code, 0, "{check}");
+    assert!(
+        check.stdout.contains("files.last_used is nullable")
+            && check
+                .stdout
+                .contains("age_expr = \"coalesce(t.last_used, t.created_at)\""),
+        "{check}"
+    );
+    let text = retentiond(&["plan", "-c", &cfg.display().to_string(), "--at", AT], &[]);
+    assert!(
+        text.stdout
+            .contains("files: 3 row(s) have no age (NULL) and never expire"),
+        "{text}"
+    );
+    let run = json_cmd("run", &cfg, &["--at", AT]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.rule("files")["affected"], 7);
+    assert_eq!(run.rule("files")["null_age"], 3);
+    let (log, key) = export(&env);
+    let file = env.write("audit.jsonl", &log);
+    let report = retentiond(
+        &[
+            "report",
+            "--file",
+            &file.display().to_string(),
+            "--public-key",
+            &key,
+            "--format",
+            "json",
+            "--from",
+            "2000-01-01",
+            "--to",
+            "2100-01-01",
+        ],
+        &[],
+    );
+    assert_eq!(report.code, 0, "{report}");
+    let json: Value = report.json();
+    let files = json["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["rule"] == "files")
+        .expect("the promise");
+    assert_eq!(files["null_age"], 3, "{json:#}");
+}
+
+/// The signed log as JSONL (`audit export`) and the public key's path.
+fn export(env: &Env) -> (String, String) {
+    let cfg = env.dir.path().join("retention.toml");
+    let out = retentiond(&["audit", "export", "-c", &cfg.display().to_string()], &[]);
+    assert_eq!(out.code, 0, "{out}");
+    (out.stdout, env.public_key.display().to_string())
+}
