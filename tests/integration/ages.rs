@@ -374,3 +374,90 @@ fn export(env: &Env) -> (String, String) {
     assert_eq!(out.code, 0, "{out}");
     (out.stdout, env.public_key.display().to_string())
 }
+
+/// `examples/real-schemas.toml` on its schema: every form checks online,
+/// and a run at a fixed instant removes exactly the rows its comments say.
+#[tokio::test]
+async fn ages_the_real_schemas_example_checks_and_runs_exactly() {
+    let env = Env::new().await;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let schema = std::fs::read_to_string(format!("{root}/examples/real-schemas.sql")).unwrap();
+    env.db.exec(&schema).await;
+    // At 2026-12-01: 7 days back is 2026-11-24 (1_795_478_400_000 ms).
+    env.db
+        .exec(
+            "INSERT INTO presence_stream VALUES
+               (1, '@a:x', 'online', 1795478400000),      -- exactly 7 days: due
+               (2, '@b:x', 'online', 1795478400001),      -- 1 ms younger: kept
+               (3, '@c:x', 'offline', 1700000000000);     -- 2023: due
+             INSERT INTO room_stats_state VALUES ('!old', 'old', NULL), ('!new', 'new', 1795478400000), ('!2024', 'y', 1704067200000);
+             INSERT INTO auth.sessions VALUES
+               ('00000000-0000-0000-0000-000000000001', gen_random_uuid(), '2026-01-01', NULL, '2026-11-20 00:00:00', NULL),  -- refreshed: kept
+               ('00000000-0000-0000-0000-000000000002', gen_random_uuid(), '2026-01-01', '2026-10-01', NULL, NULL),          -- idle: due
+               ('00000000-0000-0000-0000-000000000003', gen_random_uuid(), '2026-11-29', NULL, NULL, NULL);                  -- new: kept
+             INSERT INTO auth.refresh_tokens (token, session_id, revoked, created_at) VALUES
+               ('a', '00000000-0000-0000-0000-000000000002', false, '2026-10-01'),
+               ('b', '00000000-0000-0000-0000-000000000002', false, '2026-10-02'),
+               ('c', '00000000-0000-0000-0000-000000000001', true, '2026-11-01'),
+               ('d', '00000000-0000-0000-0000-000000000001', true, '2026-11-29');
+             INSERT INTO usage_daily VALUES ('2025-10-27', gen_random_uuid(), 1), ('2025-10-28', gen_random_uuid(), 1), ('2026-11-30', gen_random_uuid(), 1);",
+        )
+        .await;
+    let key = env.key.display().to_string();
+    let vars = contract_vars(&key, &env.db.url);
+    let cfg = format!("{root}/examples/real-schemas.toml");
+    let check = retentiond(&["check", "--online", "-c", &cfg], &vars);
+    assert_eq!(check.code, 0, "{check}");
+    let plan = retentiond(
+        &[
+            "plan",
+            "-c",
+            &cfg,
+            "--format",
+            "json",
+            "--at",
+            "2026-12-01T00:00:00Z",
+        ],
+        &vars,
+    );
+    assert_eq!(plan.code, 0, "{plan}");
+    assert_eq!(plan.rule("room-stats-1y")["null_age"], 1, "{plan}");
+    let run = retentiond(
+        &[
+            "run",
+            "-c",
+            &cfg,
+            "--format",
+            "json",
+            "--at",
+            "2026-12-01T00:00:00Z",
+            "--allow-large",
+        ],
+        &vars,
+    );
+    assert_eq!(run.code, 0, "{run}");
+    let affected = |r: &str| run.rule(r)["affected"].as_i64().unwrap();
+    assert_eq!(affected("presence-7d"), 2, "{run}");
+    assert_eq!(affected("room-stats-1y"), 1, "{run}");
+    assert_eq!(affected("idle-sessions-30d"), 1, "{run}");
+    assert_eq!(
+        run.rule("idle-sessions-30d")["cascaded"],
+        serde_json::json!({"auth.refresh_tokens": 2}),
+        "{run}"
+    );
+    assert_eq!(affected("revoked-refresh-tokens-14d"), 1, "token c: {run}");
+    // 400 days before 2026-12-01 is 2025-10-27: that day's midnight is due.
+    assert_eq!(affected("usage-daily-400d"), 1, "{run}");
+    assert_eq!(
+        env.db
+            .strings("SELECT stream_id::text FROM presence_stream ORDER BY 1")
+            .await,
+        ["2"]
+    );
+    assert_eq!(
+        env.db
+            .strings("SELECT token FROM auth.refresh_tokens ORDER BY 1")
+            .await,
+        ["d"]
+    );
+}
