@@ -46,3 +46,20 @@ CREATE TABLE usage_daily (
     requests bigint NOT NULL,
     PRIMARY KEY (day, user_id)
 );
+
+-- Per-plan retention: the period is data.
+CREATE TABLE plans (
+    id         text PRIMARY KEY,
+    upload_ttl interval                     -- '1 hour' free, '7 days' paid
+);
+
+CREATE TABLE accounts (
+    id      bigint PRIMARY KEY,
+    plan_id text REFERENCES plans(id)
+);
+
+CREATE TABLE uploads (
+    id          bigserial PRIMARY KEY,
+    account_id  bigint REFERENCES accounts(id),
+    uploaded_at timestamptz NOT NULL
+);

@@ -50,6 +50,17 @@ pub struct RuleRun {
     /// The rule's `age_unit`, when its age is an integer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub age_unit: Option<String>,
+    /// The rule's `keep_expr`, when its period comes from the data; then
+    /// `keep` reads `keep_min..keep_max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_expr: Option<String>,
+    /// With `keep_expr`: the shortest period any row gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_min: Option<String>,
+    /// With `keep_expr`: the longest, and that of a row whose expression
+    /// is NULL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_max: Option<String>,
     /// When it started (after taking the rule's claim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started: Option<String>,

@@ -95,9 +95,12 @@ fn print_keeps(config: &Config) {
             rule.name,
             rule.action_name(),
             rule.target_name(),
-            rule.keep.in_words()
+            rule.keep_in_words()
         ));
-        if rule.action_name() == "delete" && rule.keep.is_minutes_under_an_hour() {
+        if rule.action_name() == "delete"
+            && rule.keep_expr.is_none()
+            && rule.keep.is_minutes_under_an_hour()
+        {
             super::output::say(&format!(
                 "warning: rule `{}`: keep = \"{}\" is {}; a month is \"1mo\"",
                 rule.name,
@@ -229,7 +232,16 @@ async fn check_store(
             let result = async {
                 let mut tx = conn.begin().await?;
                 tx.execute("SET TRANSACTION READ ONLY").await?;
-                let r = resolve::resolve(&mut tx, config, store, t, cutoff, now).await;
+                let r = resolve::resolve(
+                    &mut tx,
+                    config,
+                    store,
+                    t,
+                    rule.keep_expr.as_ref(),
+                    cutoff,
+                    now,
+                )
+                .await;
                 tx.rollback().await?;
                 Ok::<_, sqlx::Error>(r)
             };
@@ -245,6 +257,10 @@ async fn check_store(
                     Field::Age => (
                         rule.spans.age.clone(),
                         "name a timestamptz, timestamp or date column, or an integer one with `age_unit`; an `age_expr` must yield one of these",
+                    ),
+                    Field::KeepExpr => (
+                        rule.spans.keep_expr.clone().unwrap_or(rule.spans.rule.clone()),
+                        "`keep_expr` must yield an interval per row (NULL reads as keep_max)",
                     ),
                     Field::AgeUnit => (
                         rule.spans.age_unit.clone().unwrap_or(rule.spans.age.clone()),

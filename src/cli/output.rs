@@ -176,6 +176,17 @@ fn print_table(reports: &[RuleReport], at: DateTime<Utc>, run: bool) {
                 counts_text(&r.cascaded, "row(s)")
             ));
         }
+        if let Some(d) = r.keep_distribution.as_ref().filter(|d| !d.is_empty()) {
+            let parts: Vec<String> = d
+                .iter()
+                .map(|k| format!("{} {} row(s)", k.keep, k.rows))
+                .collect();
+            say(&format!(
+                "  {}: periods (keep_expr): {}",
+                r.rule,
+                parts.join(", ")
+            ));
+        }
         if let Some(n) = r.null_age.filter(|n| *n > 0) {
             say(&format!(
                 "  {}: {n} row(s) have no age (NULL) and never expire; age_expr with coalesce gives them one",

@@ -218,8 +218,11 @@ pub struct Rule {
     pub policy_ref: Option<String>,
     /// Store name (resolves in [`Config::stores`]).
     pub store: String,
-    /// How long data is kept.
+    /// How long data is kept: `keep`, or with `keep_expr` its `keep_min`
+    /// (what guards are compared with; nothing younger is ever due).
     pub keep: Keep,
+    /// A retention period read from the data, per row (table rules).
+    pub keep_expr: Option<KeepExpr>,
     /// Defaults merged with the rule's overrides.
     pub settings: Settings,
     /// What it applies to and what it does.
@@ -228,7 +231,38 @@ pub struct Rule {
     pub spans: RuleSpans,
 }
 
+/// `keep_expr`: each row's retention period from the data, bounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeepExpr {
+    /// SQL on the row (alias `t`) yielding an `interval`.
+    pub expr: String,
+    /// The shortest period any row gets.
+    pub min: Keep,
+    /// The longest, and the period of a row whose expression is NULL.
+    pub max: Keep,
+}
+
 impl Rule {
+    /// The promise's period as text: `30d`, or `1h..7d` with `keep_expr`.
+    pub fn keep_text(&self) -> String {
+        match &self.keep_expr {
+            Some(k) => format!("{}..{}", k.min, k.max),
+            None => self.keep.to_string(),
+        }
+    }
+
+    /// The period in words: `30 days`, or `1 hour to 7 days, per row`.
+    pub fn keep_in_words(&self) -> String {
+        match &self.keep_expr {
+            Some(k) => format!(
+                "{} to {}, per row (keep_expr)",
+                k.min.in_words(),
+                k.max.in_words()
+            ),
+            None => self.keep.in_words(),
+        }
+    }
+
     /// `delete` or `mask`.
     pub fn action_name(&self) -> &'static str {
         match &self.target {
@@ -265,6 +299,8 @@ pub struct RuleSpans {
     pub age: Range<usize>,
     /// `age_unit`, when given.
     pub age_unit: Option<Range<usize>>,
+    /// `keep_expr`, when given.
+    pub keep_expr: Option<Range<usize>>,
     /// `where`.
     pub filter: Option<Range<usize>>,
     /// Each masked column's value.

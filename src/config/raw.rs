@@ -97,6 +97,9 @@ pub struct RawRule {
     pub policy_ref: Option<SStr>,
     pub store: Option<SStr>,
     pub keep: Option<SStr>,
+    pub keep_expr: Option<SStr>,
+    pub keep_min: Option<SStr>,
+    pub keep_max: Option<SStr>,
     pub action: Option<SStr>,
     // SQL targets
     pub table: Option<SStr>,

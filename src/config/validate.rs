@@ -746,17 +746,7 @@ fn rules(
             }
         }
         let store = sql_store(cx, stores, raw, &r.store, span.clone(), what);
-        let keep = match &r.keep {
-            Some(v) => cx.keep(v),
-            None => {
-                cx.err(
-                    span.clone(),
-                    "missing `keep`",
-                    "add `keep = \"30d\"`: how long data is kept before it expires",
-                );
-                None
-            }
-        };
+        let (keep, keep_expr) = keep(cx, r, span.clone());
         let settings = settings(cx, defaults, &SettingsKeys::from_rule(r));
         let description = cx.opt_string(&r.description);
         let policy_ref = cx.opt_string(&r.policy_ref);
@@ -764,6 +754,7 @@ fn rules(
         let kind = store.as_ref().and_then(|s| declared_kind(raw, s));
         let mut spans = RuleSpans {
             rule: span.clone(),
+            keep_expr: r.keep_expr.as_ref().map(|v| v.span()),
             ..RuleSpans::default()
         };
         let target = match kind {
@@ -783,9 +774,12 @@ fn rules(
         };
         // A delete rule shorter than a guard on its table is a contradiction
         // in the policy itself: report it at check, not at run.
-        if let (Some(Target::Table(t)), Some(keep), Some(store), Some(v)) =
-            (&target, &keep, &store, &r.keep)
-        {
+        if let (Some(Target::Table(t)), Some(keep), Some(store), Some(v)) = (
+            &target,
+            &keep,
+            &store,
+            r.keep.as_ref().or(r.keep_min.as_ref()),
+        ) {
             if matches!(t.action, TableAction::Delete) {
                 for (g, gspan) in guards
                     .iter()
@@ -796,11 +790,15 @@ fn rules(
                         cx.err(
                             v.span(),
                             format!(
-                                "rule keeps {} for {keep}, less than the guard's min_keep {} ({})",
-                                t.table, g.min_keep, g.reason
+                                "rule keeps {} for {keep}{}, less than the guard's min_keep {} ({})",
+                                t.table,
+                                if r.keep.is_some() { "" } else { " (keep_min)" },
+                                g.min_keep,
+                                g.reason
                             ),
                             format!(
-                                "raise `keep` to at least \"{}\" (the guard at line {line})",
+                                "raise `{}` to at least \"{}\" (the guard at line {line})",
+                                if r.keep.is_some() { "keep" } else { "keep_min" },
                                 g.min_keep
                             ),
                         );
@@ -815,6 +813,11 @@ fn rules(
                 policy_ref,
                 store,
                 keep,
+                keep_expr: if matches!(target, Target::Table(_)) {
+                    keep_expr
+                } else {
+                    None
+                },
                 settings,
                 target,
                 spans,
@@ -822,6 +825,89 @@ fn rules(
         }
     }
     out
+}
+
+/// `keep`, or `keep_expr` with `keep_min` and `keep_max` (the rule's
+/// `keep` is then `keep_min`).
+fn keep(cx: &mut Ctx, r: &RawRule, span: Range<usize>) -> (Option<Keep>, Option<KeepExpr>) {
+    let Some(expr) = &r.keep_expr else {
+        for (key, v) in [("keep_min", &r.keep_min), ("keep_max", &r.keep_max)] {
+            if let Some(v) = v {
+                cx.err(
+                    v.span(),
+                    format!("`{key}` applies with `keep_expr` only"),
+                    "remove it, or add `keep_expr` (a per-row period this bounds)",
+                );
+            }
+        }
+        return match &r.keep {
+            Some(v) => (cx.keep(v), None),
+            None => {
+                cx.err(
+                    span,
+                    "missing `keep`",
+                    "add `keep = \"30d\"`: how long data is kept before it expires",
+                );
+                (None, None)
+            }
+        };
+    };
+    if let Some(v) = &r.keep {
+        cx.err(
+            v.span(),
+            "`keep` and `keep_expr` both given",
+            "with `keep_expr`, the period is bounded by `keep_min` and `keep_max`: remove `keep`",
+        );
+        return (None, None);
+    }
+    let text = cx.string(expr);
+    if let Some(e) = text
+        .as_deref()
+        .and_then(|t| super::sql_expr::check(t).err())
+    {
+        cx.err(
+            expr.span(),
+            format!("`keep_expr` is not one SQL expression: {e}"),
+            "write one expression on the row (alias `t`) yielding an interval, e.g. \"(SELECT p.upload_ttl FROM plans p WHERE p.id = t.plan_id)\"",
+        );
+        return (None, None);
+    }
+    let mut bound = |key: &str, v: &Option<SStr>| match v {
+        Some(v) => cx.keep(v),
+        None => {
+            cx.err(
+                expr.span(),
+                format!("`keep_expr` needs `{key}`"),
+                "bound the per-row period with literal durations, e.g. `keep_min = \"1h\"`, `keep_max = \"7d\"`: the promise stays bounded and auditable",
+            );
+            None
+        }
+    };
+    let (min, max) = (
+        bound("keep_min", &r.keep_min),
+        bound("keep_max", &r.keep_max),
+    );
+    let (Some(text), Some(min), Some(max)) = (text, min, max) else {
+        return (None, None);
+    };
+    if max.is_shorter_than(&min) {
+        if let Some(v) = &r.keep_max {
+            cx.err(
+                v.span(),
+                format!("keep_max {max} is shorter than keep_min {min}"),
+                "keep_max bounds the period from above: make it at least keep_min",
+            );
+        }
+        return (None, None);
+    }
+    (
+        Some(min),
+        Some(KeepExpr {
+            expr: text,
+            min,
+            max,
+        }),
+    )
 }
 
 fn table_target(
@@ -1207,6 +1293,9 @@ fn prefix_target(
         ("age", &r.age),
         ("age_expr", &r.age_expr),
         ("age_unit", &r.age_unit),
+        ("keep_expr", &r.keep_expr),
+        ("keep_min", &r.keep_min),
+        ("keep_max", &r.keep_max),
         ("where", &r.filter),
         ("on_unparsable", &r.on_unparsable),
     ] {

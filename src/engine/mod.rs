@@ -449,12 +449,15 @@ fn rule_run(rule: &Rule, report: &RuleReport, run_id: &str, started: DateTime<Ut
         store: rule.store.clone(),
         target: report.target.clone(),
         action: report.action.to_string(),
-        keep: rule.keep.to_string(),
+        keep: rule.keep_text(),
         cutoff: report.cutoff.map(format_ts),
         description: rule.description.clone(),
         policy_ref: rule.policy_ref.clone(),
         age_expr: table_age(rule).and_then(|a| a.expr().map(str::to_string)),
         age_unit: table_age(rule).and_then(|a| a.unit.map(|u| u.as_str().to_string())),
+        keep_expr: rule.keep_expr.as_ref().map(|k| k.expr.clone()),
+        keep_min: rule.keep_expr.as_ref().map(|k| k.min.to_string()),
+        keep_max: rule.keep_expr.as_ref().map(|k| k.max.to_string()),
         started: Some(format_ts(started)),
     }
 }

@@ -59,6 +59,10 @@ pub struct RuleReport {
     /// Due rows whose text IP value does not parse (mask rules).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unparsable: Option<i64>,
+    /// Plans of `keep_expr` rules: how many rows inside `where` get each
+    /// period, clamped to `keep_min`..`keep_max`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_distribution: Option<Vec<KeepRows>>,
     /// Table rules: rows inside the rule's `where` whose age is NULL. The
     /// contract keeps them forever; they are counted so that is seen.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,6 +104,15 @@ pub struct RuleReport {
     /// Run id (run only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
+}
+
+/// One period of a `keep_expr` rule and the rows that get it.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeepRows {
+    /// The period (`1h`, `7d`).
+    pub keep: String,
+    /// Rows inside the rule's `where` with it.
+    pub rows: i64,
 }
 
 /// How a rule's plan or run ended.
@@ -188,13 +201,14 @@ impl RuleReport {
             action: rule.action_name(),
             description: rule.description.clone(),
             policy_ref: rule.policy_ref.clone(),
-            keep: rule.keep.to_string(),
+            keep: rule.keep_text(),
             cutoff: None,
             matched: 0,
             protected: 0,
             protected_by: BTreeMap::new(),
             unparsable: None,
             null_age: None,
+            keep_distribution: None,
             versions: None,
             objects: None,
             bytes: None,
@@ -295,13 +309,28 @@ pub async fn prepare(
         let mut conn = pg.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         crate::store::postgres::begin_counting(&mut tx, rule.settings.lock_timeout).await?;
-        let resolved = resolve::resolve(&mut tx, config, &rule.store, table, cutoff, at).await?;
+        let resolved = resolve::resolve(
+            &mut tx,
+            config,
+            &rule.store,
+            table,
+            rule.keep_expr.as_ref(),
+            cutoff,
+            at,
+        )
+        .await?;
         let counts = batch::count(&mut tx, &resolved).await?;
         let cascaded = batch::count_cascaded(&mut tx, &resolved).await?;
+        // A plan shows who gets which period; a run needs only its due rows.
+        let distribution = if options.for_run {
+            Vec::new()
+        } else {
+            batch::keep_distribution(&mut tx, &resolved, table.filter.as_deref()).await?
+        };
         tx.rollback().await?;
-        Ok::<_, SchemaError>((resolved, counts, cascaded))
+        Ok::<_, SchemaError>((resolved, counts, cascaded, distribution))
     };
-    let (resolved, counts, cascaded) = match counted.await {
+    let (resolved, counts, cascaded, distribution) = match counted.await {
         Ok(r) => r,
         Err(SchemaError::Target(e)) => return report.refuse(e.message),
         Err(SchemaError::Db(e)) => return report.fail(describe_db_error(&e)),
@@ -313,6 +342,14 @@ pub async fn prepare(
         rule.settings.batch_size,
     );
     report.cascaded = cascaded;
+    if rule.keep_expr.is_some() && !options.for_run {
+        report.keep_distribution = Some(
+            distribution
+                .into_iter()
+                .map(|(keep, rows)| KeepRows { keep, rows })
+                .collect(),
+        );
+    }
     report.notes = resolved.notes.clone();
     if let Some(reason) = cap_exceeded(
         &counts,

@@ -717,7 +717,7 @@ impl Builder {
                     rule.store.clone(),
                     rule.target_name(),
                     rule.action_name().to_string(),
-                    rule.keep.to_string(),
+                    rule.keep_text(),
                 );
                 if !self.index.contains_key(&key) {
                     let acc = self.promise(&key);

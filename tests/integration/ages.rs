@@ -400,7 +400,14 @@ async fn ages_the_real_schemas_example_checks_and_runs_exactly() {
                ('b', '00000000-0000-0000-0000-000000000002', false, '2026-10-02'),
                ('c', '00000000-0000-0000-0000-000000000001', true, '2026-11-01'),
                ('d', '00000000-0000-0000-0000-000000000001', true, '2026-11-29');
-             INSERT INTO usage_daily VALUES ('2025-10-27', gen_random_uuid(), 1), ('2025-10-28', gen_random_uuid(), 1), ('2026-11-30', gen_random_uuid(), 1);",
+             INSERT INTO usage_daily VALUES ('2025-10-27', gen_random_uuid(), 1), ('2025-10-28', gen_random_uuid(), 1), ('2026-11-30', gen_random_uuid(), 1);
+             INSERT INTO plans VALUES ('free', '1 hour'), ('paid', '7 days');
+             INSERT INTO accounts VALUES (1, 'free'), (2, 'paid'), (3, NULL);
+             INSERT INTO uploads (account_id, uploaded_at) VALUES
+               (1, '2026-11-30 22:00:00+00'),   -- free, 2 hours: due
+               (1, '2026-11-30 23:30:00+00'),   -- free, 30 minutes: kept
+               (2, '2026-11-28 00:00:00+00'),   -- paid, 3 days: kept
+               (3, '2026-11-20 00:00:00+00');   -- no plan: 7 days, due",
         )
         .await;
     let key = env.key.display().to_string();
@@ -448,6 +455,12 @@ async fn ages_the_real_schemas_example_checks_and_runs_exactly() {
     assert_eq!(affected("revoked-refresh-tokens-14d"), 1, "token c: {run}");
     // 400 days before 2026-12-01 is 2025-10-27: that day's midnight is due.
     assert_eq!(affected("usage-daily-400d"), 1, "{run}");
+    assert_eq!(affected("uploads-by-plan"), 2, "{run}");
+    assert_eq!(
+        plan.rule("uploads-by-plan")["keep_distribution"],
+        serde_json::json!([{"keep": "1h", "rows": 2}, {"keep": "7d", "rows": 2}]),
+        "{plan}"
+    );
     assert_eq!(
         env.db
             .strings("SELECT stream_id::text FROM presence_stream ORDER BY 1")
@@ -460,4 +473,152 @@ async fn ages_the_real_schemas_example_checks_and_runs_exactly() {
             .await,
         ["d"]
     );
+}
+
+/// "Temporary files: 1 hour for free users, up to 7 days for paid users":
+/// each row's period from the data (`keep_expr`), clamped to
+/// `keep_min`..`keep_max`, NULL read as `keep_max`; exact at the cutoff in
+/// `plan --at` and `run --at`, and the promise's bounds in the records.
+#[tokio::test]
+async fn ages_keep_expr_reads_each_rows_period_from_the_data_within_its_bounds() {
+    let env = Env::new().await;
+    let at = "'2026-06-01 00:00:00+00'::timestamptz";
+    env.db
+        .exec(&format!(
+            "CREATE TABLE plans (id text primary key, upload_ttl interval);
+             INSERT INTO plans VALUES ('free', '1 hour'), ('paid', '7 days'), ('enterprise', '30 days'), ('tiny', '10 minutes');
+             CREATE TABLE accounts (id int primary key, plan_id text REFERENCES plans(id));
+             INSERT INTO accounts VALUES (1, 'free'), (2, 'paid'), (3, 'enterprise'), (4, 'tiny'), (5, NULL);
+             CREATE TABLE uploaded_files (id text primary key, account_id int, uploaded_at timestamptz, uploaded_ms bigint);
+             INSERT INTO uploaded_files (id, account_id, uploaded_at) VALUES
+               ('free-1h', 1, {at} - interval '1 hour'),        -- exactly its hour: due
+               ('free-59m', 1, {at} - interval '59 minutes'),   -- kept
+               ('paid-2d', 2, {at} - interval '2 days'),        -- kept
+               ('paid-7d', 2, {at} - interval '7 days'),        -- due
+               ('ent-8d', 3, {at} - interval '8 days'),         -- 30d clamped to 7d: due
+               ('ent-6d', 3, {at} - interval '6 days'),         -- kept
+               ('tiny-30m', 4, {at} - interval '30 minutes'),   -- 10 min raised to 1h: kept
+               ('tiny-61m', 4, {at} - interval '61 minutes'),   -- due
+               ('none-3d', 5, {at} - interval '3 days');        -- no plan: 7d, kept
+             UPDATE uploaded_files SET uploaded_ms = (extract(epoch FROM uploaded_at) * 1000)::int8;
+             CREATE TABLE uploaded_files_ms AS SELECT id, account_id, uploaded_ms FROM uploaded_files;
+             ALTER TABLE uploaded_files_ms ADD PRIMARY KEY (id);"
+        ))
+        .await;
+    let ttl = "keep_expr = \"(SELECT p.upload_ttl FROM plans p JOIN accounts a ON a.plan_id = p.id WHERE a.id = t.account_id)\"\nkeep_min = \"1h\"\nkeep_max = \"7d\"";
+    let rule = |name: &str, table: &str, age: &str| {
+        format!(
+            "[[rules]]\nname = \"{name}\"\nstore = \"app\"\ntable = \"{table}\"\n{age}\n{ttl}\naction = \"delete\"\nmax_fraction = 1.0\n\n"
+        )
+    };
+    let body = [
+        rule("temp-files", "uploaded_files", "age = \"uploaded_at\""),
+        rule(
+            "temp-files-ms",
+            "uploaded_files_ms",
+            "age = \"uploaded_ms\"\nage_unit = \"ms\"",
+        ),
+    ]
+    .concat();
+    let cfg = env.config(&body);
+    let check = retentiond(
+        &["check", "--online", "-c", &cfg.display().to_string()],
+        &[],
+    );
+    assert_eq!(check.code, 0, "{check}");
+    assert!(
+        check.stdout.contains(
+            "temp-files: delete uploaded_files after 1 hour to 7 days, per row (keep_expr)"
+        ),
+        "{check}"
+    );
+    let plan = json_cmd("plan", &cfg, &["--at", "2026-06-01T00:00:00Z"]);
+    assert_eq!(plan.code, 0, "{plan}");
+    for r in ["temp-files", "temp-files-ms"] {
+        assert_eq!(plan.rule(r)["matched"], 4, "{r}: {plan}");
+        assert_eq!(plan.rule(r)["keep"], "1h..7d", "{plan}");
+        assert_eq!(
+            plan.rule(r)["keep_distribution"],
+            serde_json::json!([{"keep": "1h", "rows": 4}, {"keep": "7d", "rows": 5}]),
+            "{r}: {plan}"
+        );
+    }
+    let before = json_cmd("plan", &cfg, &["--at", "2026-05-31T23:59:59.999999Z"]);
+    for r in ["temp-files", "temp-files-ms"] {
+        assert_eq!(
+            before.rule(r)["matched"],
+            2,
+            "1 µs earlier, the two rows exactly at their cutoff wait: {before}"
+        );
+    }
+    let run = json_cmd("run", &cfg, &["--at", "2026-06-01T00:00:00Z"]);
+    assert_eq!(run.code, 0, "{run}");
+    for table in ["uploaded_files", "uploaded_files_ms"] {
+        assert_eq!(
+            env.db
+                .strings(&format!("SELECT id FROM {table} ORDER BY id"))
+                .await,
+            ["ent-6d", "free-59m", "none-3d", "paid-2d", "tiny-30m"],
+            "{table}: {run}"
+        );
+    }
+    let (log, _) = export(&env);
+    let intent = log
+        .lines()
+        .find(|l| l.contains("\"run_intent\"") && l.contains("\"temp-files\""))
+        .expect("an intent");
+    for field in [
+        "\"keep\":\"1h..7d\"",
+        "\"keep_min\":\"1h\"",
+        "\"keep_max\":\"7d\"",
+        "\"keep_expr\":\"(SELECT p.upload_ttl FROM plans p JOIN accounts a ON a.plan_id = p.id WHERE a.id = t.account_id)\"",
+    ] {
+        assert!(intent.contains(field), "{field}: {intent}");
+    }
+
+    // check --online: an expression that is not an interval, at its line.
+    let bad = env.config(&rule("temp-files", "uploaded_files", "age = \"uploaded_at\"").replace(
+        "keep_expr = \"(SELECT p.upload_ttl FROM plans p JOIN accounts a ON a.plan_id = p.id WHERE a.id = t.account_id)\"",
+        "keep_expr = \"t.account_id\"",
+    ));
+    let out = retentiond(
+        &["check", "--online", "-c", &bad.display().to_string()],
+        &[],
+    );
+    assert_eq!(out.code, 2, "{out}");
+    let line = env.header().lines().count() + 6;
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.contains(&format!("retention.toml:{line}:"))
+                && l.contains("`keep_expr` yields integer, not an interval")),
+        "{out}"
+    );
+    // Offline: bounds required and ordered, no `keep` beside it, and
+    // keep_min is what a guard is compared with.
+    let guard = "[[guards]]\nstore = \"app\"\ntable = \"uploaded_files\"\nage = \"uploaded_at\"\nmin_keep = \"1d\"\nreason = \"abuse reports\"\n";
+    let good = rule("temp-files", "uploaded_files", "age = \"uploaded_at\"");
+    for (text, expected) in [
+        (
+            good.replace("keep_max = \"7d\"\n", ""),
+            "`keep_expr` needs `keep_max`",
+        ),
+        (
+            good.replace("keep_max = \"7d\"", "keep_max = \"30m\""),
+            "keep_max 30m is shorter than keep_min 1h",
+        ),
+        (
+            good.replace("keep_min = \"1h\"", "keep_min = \"1h\"\nkeep = \"1d\""),
+            "`keep` and `keep_expr` both given",
+        ),
+        (
+            format!("{good}{guard}"),
+            "rule keeps uploaded_files for 1h (keep_min), less than the guard's min_keep 1d",
+        ),
+    ] {
+        let cfg = env.config(&text);
+        let out = retentiond(&["check", "-c", &cfg.display().to_string()], &[]);
+        assert_eq!(out.code, 2, "{text}\n{out}");
+        assert!(out.stderr.contains(expected), "{expected}: {out}");
+    }
 }

@@ -1051,8 +1051,6 @@ fn month_of_records(signer: &retentiond::audit::Signer) -> String {
                 keep: keep.into(),
                 cutoff: Some(format_ts(cutoff)),
                 description: None,
-                age_expr: None,
-                age_unit: None,
                 policy_ref: Some(format!(
                     "{policy} {}",
                     match (rule, keep) {
@@ -1069,6 +1067,7 @@ fn month_of_records(signer: &retentiond::audit::Signer) -> String {
                     }
                 )),
                 started: Some(format_ts(t0)),
+                ..RuleRun::default()
             };
             let cascaded: BTreeMap<String, i64> = match rule {
                 "session-logs-30d" => {

@@ -82,7 +82,7 @@ pub async fn resolve(
             })
         }
         AgeSource::Expr(expr) => {
-            let (type_name, sql_type) = expr_type(conn, table, name, expr).await?;
+            let (type_name, sql_type) = expr_type(conn, table, name, "age_expr", expr).await?;
             let what = format!("`age_expr` yields {sql_type}");
             let time = match type_name.as_str() {
                 "timestamptz" => Some(AgeType::Timestamptz),
@@ -145,14 +145,16 @@ fn time_columns(table: &TableInfo, name: &TableName) -> String {
     }
 }
 
-/// The type an `age_expr` yields on `table`, as (`typname`, `format_type`).
+/// The type an expression (`key`: `age_expr`, `keep_expr`) yields on
+/// `table`, as (`typname`, `format_type`).
 /// A scalar subquery that returns no row is NULL of the expression's type,
 /// so nothing is read. Inside a savepoint: the caller's transaction
 /// survives an expression that does not compile.
-async fn expr_type(
+pub async fn expr_type(
     conn: &mut PgConnection,
     table: &TableInfo,
     name: &TableName,
+    key: &str,
     expr: &str,
 ) -> Result<(String, String), SchemaError> {
     let probe = format!(
@@ -174,7 +176,7 @@ async fn expr_type(
         Err(sqlx::Error::Database(e)) => {
             conn.execute("ROLLBACK TO SAVEPOINT retentiond_age").await?;
             Err(TargetError::new(format!(
-                "`age_expr` does not compile on {name}: {}",
+                "`{key}` does not compile on {name}: {}",
                 e.message()
             ))
             .about(Field::Age)

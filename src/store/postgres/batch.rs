@@ -115,6 +115,54 @@ pub fn count_sql(rule: &ResolvedRule) -> String {
     )
 }
 
+/// With `keep_expr`: how many rows inside the rule's `where` get each
+/// period (clamped to `keep_min`..`keep_max`), shortest first.
+pub async fn keep_distribution(
+    conn: &mut PgConnection,
+    rule: &ResolvedRule,
+    filter: Option<&str>,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let Some(iv) = &rule.keep_interval else {
+        return Ok(Vec::new());
+    };
+    let filter = filter.map_or_else(
+        || "true".to_string(),
+        |f| format!("{} IS TRUE", sql::user_expr(f)),
+    );
+    let rows: Vec<(sqlx::postgres::types::PgInterval, i64)> = sqlx::query_as(&format!(
+        "SELECT {iv} AS k, count(*)::int8 FROM {} AS t WHERE {filter} GROUP BY 1 ORDER BY 1",
+        rule.table.quoted
+    ))
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(k, n)| (interval_text(&k), n))
+        .collect())
+}
+
+/// An interval as a `keep` reads (`1h`, `7d`, `1mo`), or PostgreSQL's
+/// parts when it has a fraction of a second.
+fn interval_text(iv: &sqlx::postgres::types::PgInterval) -> String {
+    let whole = iv.microseconds % 1_000_000 == 0;
+    match (
+        u32::try_from(iv.months),
+        u32::try_from(iv.days),
+        u64::try_from(iv.microseconds / 1_000_000),
+    ) {
+        (Ok(months), Ok(days), Ok(seconds)) if whole => crate::config::Keep {
+            months,
+            days,
+            seconds,
+        }
+        .to_string(),
+        _ => format!(
+            "{} months {} days {} microseconds",
+            iv.months, iv.days, iv.microseconds
+        ),
+    }
+}
+
 /// Rows each table would lose through `ON DELETE CASCADE` if the rule ran
 /// now (`schema.table` → rows; tables that would lose none are left out).
 pub async fn count_cascaded(

@@ -10,7 +10,7 @@ use super::age::{self, ResolvedAge};
 use super::protect::{self, CascadeTree, Cascaded};
 use super::schema::{self, Field, SchemaError, TableInfo, TargetError};
 use super::sql::{self, ColumnKind};
-use crate::config::{Config, MaskSpec, MaskStrategy, TableAction, TableName, TableRule};
+use crate::config::{Config, KeepExpr, MaskSpec, MaskStrategy, TableAction, TableName, TableRule};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
@@ -25,6 +25,8 @@ pub struct ResolvedRule {
     pub age: ResolvedAge,
     /// Expired and inside `where` (alias `t`).
     pub due: String,
+    /// With `keep_expr`: each row's period, clamped (alias `t`).
+    pub keep_interval: Option<String>,
     /// Inside `where` with a NULL age: kept forever by the contract, and
     /// counted so that it is seen (alias `t`).
     pub null_age: String,
@@ -75,6 +77,7 @@ pub async fn resolve(
     config: &Config,
     store: &str,
     rule: &TableRule,
+    keep_expr: Option<&KeepExpr>,
     cutoff: DateTime<Utc>,
     at: DateTime<Utc>,
 ) -> Result<ResolvedRule, SchemaError> {
@@ -94,11 +97,27 @@ pub async fn resolve(
         .into());
     }
     let leaves = schema::leaves(conn, &table).await?;
-    let due = sql::due(
-        &age.sql("t"),
-        &sql::cutoff_literal(cutoff, age.ty),
-        rule.filter.as_deref(),
-    );
+    let (row_cutoff, keep_interval) = match keep_expr {
+        None => (sql::cutoff_literal(cutoff, age.ty), None),
+        Some(k) => {
+            let (type_name, sql_type) =
+                age::expr_type(conn, &table, &rule.table, "keep_expr", &k.expr).await?;
+            if type_name != "interval" {
+                return Err(TargetError::new(format!(
+                    "`keep_expr` yields {sql_type}, not an interval: write an expression yielding each row's period, e.g. (SELECT p.upload_ttl FROM plans p WHERE p.id = t.plan_id) or make_interval(days => t.retention_days)"
+                ))
+                .about(Field::KeepExpr)
+                .into());
+            }
+            let iv = sql::clamped_interval(
+                &k.expr,
+                &sql::interval_literal(&k.min),
+                &sql::interval_literal(&k.max),
+            );
+            (sql::row_cutoff(at, &iv, age.ty), Some(iv))
+        }
+    };
+    let due = sql::due(&age.sql("t"), &row_cutoff, rule.filter.as_deref());
     let null_age = match &rule.filter {
         Some(f) => format!(
             "({} IS NULL AND {} IS TRUE)",
@@ -136,6 +155,7 @@ pub async fn resolve(
     let mut resolved = ResolvedRule {
         age,
         null_age,
+        keep_interval,
         table,
         leaves,
         due,

@@ -85,6 +85,8 @@ pub enum Field {
     Age,
     /// `age_unit`.
     AgeUnit,
+    /// `keep_expr`.
+    KeepExpr,
     /// A masked column.
     Column(String),
 }

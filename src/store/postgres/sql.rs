@@ -50,6 +50,37 @@ pub fn user_expr(filter: &str) -> String {
     format!("(\n{filter}\n)")
 }
 
+/// Each row's own cutoff for a per-row period (`keep_expr`): `at -
+/// interval`, as a value of the age's type, computed from `at` (one instant
+/// per run, so `plan --at` is exact). Months first, then days, then time,
+/// in UTC: the same arithmetic as `Keep::cutoff`.
+pub fn row_cutoff(at: DateTime<Utc>, interval: &str, ty: AgeType) -> String {
+    let text = at.format("%Y-%m-%d %H:%M:%S%.6f");
+    match ty {
+        AgeType::Timestamptz => format!("('{text}+00'::timestamptz - {interval})"),
+        AgeType::Timestamp | AgeType::Date => format!("('{text}'::timestamp - {interval})"),
+        // extract(epoch) is numeric (exact microseconds); floor as for a
+        // fixed cutoff.
+        AgeType::Epoch(unit) => format!(
+            "floor(extract(epoch FROM ('{text}+00'::timestamptz - {interval})) * {})::int8",
+            1_000_000 / unit.micros()
+        ),
+    }
+}
+
+/// `keep_expr` clamped to `[min, max]`, NULL read as `max`.
+pub fn clamped_interval(expr: &str, min: &str, max: &str) -> String {
+    format!(
+        "LEAST(GREATEST(coalesce(({})::interval, {max}), {min}), {max})",
+        user_expr(expr)
+    )
+}
+
+/// A period as an interval literal.
+pub fn interval_literal(keep: &crate::config::Keep) -> String {
+    format!("'{}'::interval", keep.as_interval())
+}
+
 /// An age as `timestamptz` (for the oldest due row, the compliance lag).
 pub fn age_as_timestamptz(age: &str, ty: AgeType) -> String {
     match ty {
