@@ -445,8 +445,11 @@ pub struct MaskSpec {
 /// How a column is masked.
 #[derive(Clone, PartialEq, Eq)]
 pub enum MaskStrategy {
-    /// IPv4 → /24, IPv6 → /48.
-    IpPrefix,
+    /// IPv4 → /24, IPv6 → /48 (an IPv4-mapped IPv6 address as IPv4).
+    IpPrefix {
+        /// Text `ip:port` and `[v6]:port` keep their port.
+        keep_port: bool,
+    },
     /// A keyed, stable pseudonym (HMAC-SHA-256).
     Hmac {
         /// The key bytes.
@@ -469,7 +472,7 @@ impl MaskStrategy {
     /// The strategy's config name.
     pub fn name(&self) -> &'static str {
         match self {
-            MaskStrategy::IpPrefix => "ip_prefix",
+            MaskStrategy::IpPrefix { .. } => "ip_prefix",
             MaskStrategy::Hmac { .. } => "hmac",
             MaskStrategy::Null => "null",
             MaskStrategy::Redact => "redact",

@@ -140,6 +140,7 @@ pub enum RawMask {
 #[serde(deny_unknown_fields)]
 pub struct RawMaskTable {
     pub strategy: String,
+    pub keep_port: Option<bool>,
     pub key_env: Option<String>,
     pub key_file: Option<String>,
 }

@@ -1140,7 +1140,12 @@ fn mask_strategy(cx: &mut Ctx, value: &Spanned<RawMask>) -> Option<MaskStrategy>
     };
     let help = "strategies: \"ip_prefix\" (IPv4 /24, IPv6 /48), \"null\", \"redact\", or { strategy = \"hmac\", key_env = \"VAR\" } / { strategy = \"hmac\", key_file = \"path\" }";
     let strategy = match name.as_str() {
-        "ip_prefix" => MaskStrategy::IpPrefix,
+        "ip_prefix" => MaskStrategy::IpPrefix {
+            keep_port: match value.get_ref() {
+                RawMask::Full(t) => t.keep_port.unwrap_or(false),
+                RawMask::Name(_) => false,
+            },
+        },
         "null" => MaskStrategy::Null,
         "redact" => MaskStrategy::Redact,
         "hmac" => {
@@ -1194,6 +1199,18 @@ fn mask_strategy(cx: &mut Ctx, value: &Spanned<RawMask>) -> Option<MaskStrategy>
             return None;
         }
     };
+    if let (RawMask::Full(t), false) = (
+        value.get_ref(),
+        matches!(strategy, MaskStrategy::IpPrefix { .. }),
+    ) {
+        if t.keep_port.is_some() {
+            cx.err(
+                span.clone(),
+                format!("`{}` takes no `keep_port`", strategy.name()),
+                "keep_port applies to { strategy = \"ip_prefix\", keep_port = true }",
+            );
+        }
+    }
     if !matches!(strategy, MaskStrategy::Hmac { .. }) {
         if let RawMask::Full(t) = value.get_ref() {
             if t.key_env.is_some() || t.key_file.is_some() {

@@ -289,3 +289,87 @@ async fn mask_rejects_wrong_column_types() {
         "{run}"
     );
 }
+
+/// IP text as real columns hold it: an IPv4-mapped IPv6 address is masked
+/// as IPv4; `ip:port` and `[v6]:port` lose the port (or keep it with
+/// `keep_port`), a forwarded-for list is masked element by element, and an
+/// empty string stays empty without counting as unparsable. Every form is
+/// idempotent.
+#[tokio::test]
+async fn mask_ip_forms_real_columns_hold() {
+    let env = Env::new().await;
+    env.db
+        .exec(
+            "CREATE TABLE hits (id int primary key, at timestamptz, addr text, addr_port text, mapped inet, mapped_net cidr);
+             INSERT INTO hits VALUES
+               (1, now() - interval '40 days', '::ffff:198.51.100.88', '198.51.100.88:52144', '::ffff:198.51.100.88', '::ffff:198.51.100.88/128'),
+               (2, now() - interval '40 days', '[2001:db8:abcd:12::7]:443', '[2001:db8:abcd:12::7]:443', '2001:db8:abcd:12::7', NULL),
+               (3, now() - interval '40 days', '203.0.113.9, 198.51.100.4,2001:db8:1:2::3', '203.0.113.9:80, [2001:db8:1:2::3]:8080', NULL, NULL),
+               (4, now() - interval '40 days', '', '', NULL, NULL),
+               (5, now() - interval '40 days', '[2001:db8:abcd:12::7]', 'unknown, 203.0.113.9', NULL, NULL);",
+        )
+        .await;
+    let cfg = env.config(&mask_rule(
+        "hits",
+        "hits",
+        "{ addr = \"ip_prefix\", addr_port = { strategy = \"ip_prefix\", keep_port = true }, mapped = \"ip_prefix\", mapped_net = \"ip_prefix\" }",
+        "on_unparsable = \"keep\"",
+    ));
+    let plan = json_cmd("plan", &cfg, &[]);
+    assert_eq!(plan.code, 0, "{plan}");
+    assert_eq!(
+        plan.rule("hits")["unparsable"],
+        1,
+        "only `unknown, 203.0.113.9`; the empty strings are not: {plan}"
+    );
+    let run = json_cmd("run", &cfg, &[]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.rule("hits")["affected"], 4, "{run}");
+    let rows = env
+        .db
+        .strings("SELECT concat_ws('|', id, addr, addr_port, coalesce(host(mapped), '-'), coalesce(mapped_net::text, '-')) FROM hits ORDER BY id")
+        .await;
+    assert_eq!(
+        rows,
+        [
+            "1|::ffff:198.51.100.0|198.51.100.0:52144|::ffff:198.51.100.0|::ffff:198.51.100.0/128",
+            "2|2001:db8:abcd::|[2001:db8:abcd::]:443|2001:db8:abcd::|-",
+            "3|203.0.113.0, 198.51.100.0, 2001:db8:1::|203.0.113.0:80, [2001:db8:1::]:8080|-|-",
+            "4|||-|-",
+            "5|2001:db8:abcd::|unknown, 203.0.113.9|-|-",
+        ]
+    );
+    let again = json_cmd("run", &cfg, &[]);
+    assert_eq!(again.rule("hits")["affected"], 0, "idempotent: {again}");
+
+    // Without keep_port, the port goes; keep_port belongs to ip_prefix only.
+    env.db
+        .exec("UPDATE hits SET addr_port = '198.51.100.88:52144' WHERE id = 1")
+        .await;
+    let cfg = env.config(&mask_rule(
+        "hits",
+        "hits",
+        "{ addr_port = \"ip_prefix\" }",
+        "on_unparsable = \"keep\"",
+    ));
+    let run = json_cmd("run", &cfg, &[]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(
+        env.db
+            .strings("SELECT addr_port FROM hits WHERE id IN (1, 2) ORDER BY id")
+            .await,
+        ["198.51.100.0", "2001:db8:abcd::"]
+    );
+    let bad = env.config(&mask_rule(
+        "hits",
+        "hits",
+        "{ addr = { strategy = \"redact\", keep_port = true } }",
+        "",
+    ));
+    let out = retentiond(&["check", "-c", &bad.display().to_string()], &[]);
+    assert_eq!(out.code, 2, "{out}");
+    assert!(
+        out.stderr.contains("`redact` takes no `keep_port`"),
+        "{out}"
+    );
+}

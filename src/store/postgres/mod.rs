@@ -60,6 +60,9 @@ impl PgStore {
                     if let Err(e) = conn.execute(sql::PARSE_INET_FUNCTION).await {
                         tracing::debug!(error = %e, "Could not create the session's inet parser.");
                     }
+                    if let Err(e) = conn.execute(sql::mask_ip_function().as_str()).await {
+                        tracing::debug!(error = %e, "Could not create the session's IP text masker.");
+                    }
                     Ok(())
                 })
             })

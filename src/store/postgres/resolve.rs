@@ -202,7 +202,9 @@ fn mask_sql(
             .about(Field::Column(column.clone()))
         };
         match strategy {
-            MaskStrategy::IpPrefix | MaskStrategy::Hmac { .. } if kind == ColumnKind::Other => {
+            MaskStrategy::IpPrefix { .. } | MaskStrategy::Hmac { .. }
+                if kind == ColumnKind::Other =>
+            {
                 return Err(bad_type("inet, cidr or text columns"))
             }
             MaskStrategy::Redact if kind != ColumnKind::Text => {

@@ -207,8 +207,50 @@ pub fn hmac_pads(key: &[u8]) -> (Vec<u8>, Vec<u8>) {
     (ipad, opad)
 }
 
+/// IPv4 keeps /24, IPv6 /48; an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
+/// is IPv4 and keeps its /24 (96 + 24 bits), not the `::/48` all such
+/// addresses share.
 fn prefix_len(v: &str) -> String {
-    format!("(CASE family({v}) WHEN 4 THEN 24 ELSE 48 END)")
+    format!("(CASE WHEN family({v}) = 4 THEN 24 WHEN {v} <<= '::ffff:0.0.0.0/96'::inet THEN 120 ELSE 48 END)")
+}
+
+/// Name of the session-local function that masks IP text as real columns
+/// hold it; see [`mask_ip_function`].
+pub const MASK_IP: &str = "pg_temp.retentiond_mask_ip";
+
+/// The session-local function behind `ip_prefix` on text: each element of
+/// a forwarded-for list (`a, b`) masked; `ip:port` and `[v6]:port` lose
+/// the port (or keep it, `keep_port`); `[v6]` loses its brackets. NULL
+/// when any element is not an address (the value is then unparsable).
+/// Idempotent: a masked value masks to itself.
+pub fn mask_ip_function() -> String {
+    let masked = inet_text(&prefix_inet("a"));
+    format!(
+        "CREATE OR REPLACE FUNCTION {MASK_IP}(v text, keep_port boolean) \
+         RETURNS text LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $f$ \
+         DECLARE item text; out_items text[] := ARRAY[]::text[]; m text[]; addr text; port text; a inet; masked text; \
+         BEGIN \
+           IF v IS NULL THEN RETURN NULL; END IF; \
+           FOREACH item IN ARRAY regexp_split_to_array(btrim(v), '\\s*,\\s*') LOOP \
+             port := NULL; \
+             m := regexp_match(item, '^\\[([^]]+)\\]:([0-9]{{1,5}})$'); \
+             IF m IS NOT NULL THEN addr := m[1]; port := m[2]; \
+             ELSE \
+               m := regexp_match(item, '^([0-9.]+):([0-9]{{1,5}})$'); \
+               IF m IS NOT NULL THEN addr := m[1]; port := m[2]; \
+               ELSE m := regexp_match(item, '^\\[([^]]+)\\]$'); addr := coalesce(m[1], item); \
+               END IF; \
+             END IF; \
+             BEGIN a := addr::inet; EXCEPTION WHEN others THEN RETURN NULL; END; \
+             masked := {masked}; \
+             IF port IS NOT NULL AND keep_port THEN \
+               masked := CASE family(a) WHEN 6 THEN '[' || masked || ']:' || port ELSE masked || ':' || port END; \
+             END IF; \
+             out_items := out_items || masked; \
+           END LOOP; \
+           RETURN array_to_string(out_items, ', '); \
+         END $f$"
+    )
 }
 
 /// `inet` with host bits past /24 (IPv4) or /48 (IPv6) zeroed; a value that
@@ -294,11 +336,11 @@ pub fn column_mask(
             format!("({c} IS NULL OR {c} = 'redacted')"),
             "'redacted'".to_string(),
         ),
-        (MaskStrategy::IpPrefix, ColumnKind::Inet) => simple(
+        (MaskStrategy::IpPrefix { .. }, ColumnKind::Inet) => simple(
             format!("({c} IS NULL OR {c} = {})", prefix_inet(&c)),
             prefix_inet(&c),
         ),
-        (MaskStrategy::IpPrefix, ColumnKind::Cidr) => simple(
+        (MaskStrategy::IpPrefix { .. }, ColumnKind::Cidr) => simple(
             format!("({c} IS NULL OR {c} = {})", prefix_cidr(&c)),
             prefix_cidr(&c),
         ),
@@ -323,14 +365,12 @@ pub fn column_mask(
                 ),
             )
         }
-        (_, _) => {
-            // ip_prefix on text holding IP addresses; other kinds were
-            // refused when the rule was resolved.
-            let p = format!("{PARSE_INET}({c})");
-            let (done, value) = (
-                format!("{c} = {}", inet_text(&prefix_inet(&p))),
-                inet_text(&prefix_inet(&p)),
-            );
+        (MaskStrategy::IpPrefix { keep_port }, _) => {
+            // ip_prefix on text holding IP addresses, in the forms real
+            // columns hold them (see `mask_ip_function`); other kinds were
+            // refused when the rule was resolved. An empty string holds
+            // nothing to mask: it stays, and is not unparsable.
+            let m = format!("{MASK_IP}({c}, {keep_port})");
             // Keep mode leaves text that is not an IP as it is, also when
             // another column of the row is being masked.
             let replacement = match (on_unparsable, not_null) {
@@ -338,22 +378,26 @@ pub fn column_mask(
                 (OnUnparsable::Replace, true) => "'redacted'".to_string(),
                 (OnUnparsable::Replace, false) => "NULL".to_string(),
             };
+            let has_text = format!("{c} IS NOT NULL AND {c} <> ''");
             let (masked_unparsable, unparsable) = match (on_unparsable, not_null) {
                 (OnUnparsable::Keep, _) => (
-                    format!(" OR {p} IS NULL"),
-                    format!("({c} IS NOT NULL AND {p} IS NULL)"),
+                    format!(" OR {m} IS NULL"),
+                    format!("({has_text} AND {m} IS NULL)"),
                 ),
                 (OnUnparsable::Replace, true) => (
                     format!(" OR {c} = 'redacted'"),
-                    format!("({c} IS NOT NULL AND {c} <> 'redacted' AND {p} IS NULL)"),
+                    format!("({has_text} AND {c} <> 'redacted' AND {m} IS NULL)"),
                 ),
                 (OnUnparsable::Replace, false) => {
-                    (String::new(), format!("({c} IS NOT NULL AND {p} IS NULL)"))
+                    (String::new(), format!("({has_text} AND {m} IS NULL)"))
                 }
             };
-            let masked =
-                format!("({c} IS NULL OR ({p} IS NOT NULL AND {done}){masked_unparsable})");
-            let expr = format!("(CASE WHEN {p} IS NULL THEN {replacement} ELSE {value} END)");
+            let masked = format!(
+                "({c} IS NULL OR {c} = '' OR coalesce({c} = {m}, false){masked_unparsable})"
+            );
+            let expr = format!(
+                "(CASE WHEN {c} = '' THEN {c} WHEN {m} IS NULL THEN {replacement} ELSE {m} END)"
+            );
             ColumnMask {
                 assignment: assign(expr, &masked),
                 masked,
