@@ -459,6 +459,9 @@ pub enum MaskStrategy {
     Null,
     /// The text `redacted`.
     Redact,
+    /// In a `json`/`jsonb` column, each path (object keys from the root)
+    /// masked by its own strategy; the rest of the document untouched.
+    Json(Vec<(Vec<String>, MaskStrategy)>),
 }
 
 impl fmt::Debug for MaskStrategy {
@@ -476,6 +479,7 @@ impl MaskStrategy {
             MaskStrategy::Hmac { .. } => "hmac",
             MaskStrategy::Null => "null",
             MaskStrategy::Redact => "redact",
+            MaskStrategy::Json(_) => "json paths",
         }
     }
 }

@@ -127,10 +127,20 @@ pub struct RawRule {
     pub jitter: Option<SStr>,
 }
 
-/// A masking strategy: `"ip_prefix"` or `{ strategy = "hmac", key_env = "K" }`.
+/// A masking strategy: `"ip_prefix"` or `{ strategy = "hmac", key_env = "K" }`,
+/// or for a JSON column, strategies by path: `{ "$.a.b" = "redact" }`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum RawMask {
+    Name(String),
+    Full(RawMaskTable),
+    Paths(BTreeMap<String, RawMaskLeaf>),
+}
+
+/// The strategy of one JSON path.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawMaskLeaf {
     Name(String),
     Full(RawMaskTable),
 }

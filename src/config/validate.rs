@@ -4,7 +4,10 @@
 use super::diagnostic::{ConfigError, Problem};
 use super::duration::{parse_fixed, Keep};
 use super::interpolate::interpolate;
-use super::raw::{RawBlobLink, RawConfig, RawDefaults, RawMask, RawRule, RawStore, SStr};
+use super::raw::{
+    RawBlobLink, RawConfig, RawDefaults, RawMask, RawMaskLeaf, RawMaskTable, RawRule, RawStore,
+    SStr,
+};
 use super::*;
 use std::str::FromStr;
 use toml::Spanned;
@@ -1134,17 +1137,65 @@ fn check_where(cx: &mut Ctx, span: Range<usize>, text: &str) {
 
 fn mask_strategy(cx: &mut Ctx, value: &Spanned<RawMask>) -> Option<MaskStrategy> {
     let span = value.span();
-    let (name, key_env, key_file) = match value.get_ref() {
-        RawMask::Name(n) => (n.clone(), None, None),
-        RawMask::Full(t) => (t.strategy.clone(), t.key_env.clone(), t.key_file.clone()),
-    };
+    match value.get_ref() {
+        RawMask::Name(n) => leaf_strategy(cx, span, n, None),
+        RawMask::Full(t) => leaf_strategy(cx, span, &t.strategy, Some(t)),
+        RawMask::Paths(paths) => {
+            let mut out = Vec::new();
+            for (path, leaf) in paths {
+                let Some(keys) = json_path(path) else {
+                    cx.err(
+                        span.clone(),
+                        format!("`{path}` is not a JSON path"),
+                        "name JSON paths as `$.key` or `$.outer.inner` (object keys only), e.g. { \"$.actor_username\" = \"redact\" }; to mask the whole column write a strategy (\"ip_prefix\", or { strategy = \"hmac\", key_env = \"VAR\" })",
+                    );
+                    return None;
+                };
+                let strategy = match leaf {
+                    RawMaskLeaf::Name(n) => leaf_strategy(cx, span.clone(), n, None)?,
+                    RawMaskLeaf::Full(t) => leaf_strategy(cx, span.clone(), &t.strategy, Some(t))?,
+                };
+                out.push((keys, strategy));
+            }
+            if out.is_empty() {
+                cx.err(
+                    span,
+                    "no JSON path to mask",
+                    "name at least one path, e.g. { \"$.ip\" = \"ip_prefix\" }",
+                );
+                return None;
+            }
+            Some(MaskStrategy::Json(out))
+        }
+    }
+}
+
+/// `$.a.b` as its keys; None when it is not that form.
+fn json_path(path: &str) -> Option<Vec<String>> {
+    let keys: Vec<String> = path
+        .strip_prefix("$.")?
+        .split('.')
+        .map(str::to_string)
+        .collect();
+    keys.iter().all(|k| !k.is_empty()).then_some(keys)
+}
+
+/// One strategy, by name with its table's options (`table`: the
+/// `{ strategy = ... }` form, None for a bare name).
+fn leaf_strategy(
+    cx: &mut Ctx,
+    span: Range<usize>,
+    name: &str,
+    table: Option<&RawMaskTable>,
+) -> Option<MaskStrategy> {
+    let (key_env, key_file) = (
+        table.and_then(|t| t.key_env.clone()),
+        table.and_then(|t| t.key_file.clone()),
+    );
     let help = "strategies: \"ip_prefix\" (IPv4 /24, IPv6 /48), \"null\", \"redact\", or { strategy = \"hmac\", key_env = \"VAR\" } / { strategy = \"hmac\", key_file = \"path\" }";
-    let strategy = match name.as_str() {
+    let strategy = match name {
         "ip_prefix" => MaskStrategy::IpPrefix {
-            keep_port: match value.get_ref() {
-                RawMask::Full(t) => t.keep_port.unwrap_or(false),
-                RawMask::Name(_) => false,
-            },
+            keep_port: table.and_then(|t| t.keep_port).unwrap_or(false),
         },
         "null" => MaskStrategy::Null,
         "redact" => MaskStrategy::Redact,
@@ -1199,10 +1250,7 @@ fn mask_strategy(cx: &mut Ctx, value: &Spanned<RawMask>) -> Option<MaskStrategy>
             return None;
         }
     };
-    if let (RawMask::Full(t), false) = (
-        value.get_ref(),
-        matches!(strategy, MaskStrategy::IpPrefix { .. }),
-    ) {
+    if let (Some(t), false) = (table, matches!(strategy, MaskStrategy::IpPrefix { .. })) {
         if t.keep_port.is_some() {
             cx.err(
                 span.clone(),
@@ -1212,7 +1260,7 @@ fn mask_strategy(cx: &mut Ctx, value: &Spanned<RawMask>) -> Option<MaskStrategy>
         }
     }
     if !matches!(strategy, MaskStrategy::Hmac { .. }) {
-        if let RawMask::Full(t) = value.get_ref() {
+        if let Some(t) = table {
             if t.key_env.is_some() || t.key_file.is_some() {
                 cx.err(
                     span,

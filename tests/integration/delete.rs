@@ -526,6 +526,21 @@ async fn delete_killed_midway_then_rerun_finishes_with_honest_trail() {
     wait_until_fewer(&env, "big", 301_000 - 5_000).await;
     child.kill().expect("kill -9");
     let _ = child.wait();
+    // A COMMIT the client sent just before it died still completes on the
+    // server: count only once its backends are gone.
+    let start = std::time::Instant::now();
+    while env
+        .db
+        .count(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'retentiond' AND datname = '{}'",
+            env.db.name
+        ))
+        .await
+        > 0
+    {
+        assert!(start.elapsed() < std::time::Duration::from_secs(30), "backends linger");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let left = env
         .db
         .count("SELECT count(*) FROM big WHERE pad <> 'young'")

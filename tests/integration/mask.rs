@@ -373,3 +373,105 @@ async fn mask_ip_forms_real_columns_hold() {
         "{out}"
     );
 }
+
+/// Personal data inside JSON: only the named paths change (a `json` value
+/// keeps its key order), missing paths and JSON nulls are fine, `redact`
+/// writes the string "redacted", the column keeps its type, and a second
+/// run changes nothing.
+#[tokio::test]
+async fn mask_json_paths_change_only_what_they_name() {
+    let env = Env::new().await;
+    env.db
+        .exec(
+            r#"CREATE TABLE audit_log (id int primary key, at timestamptz, payload jsonb, raw json);
+             INSERT INTO audit_log VALUES
+               (1, now() - interval '40 days',
+                '{"actor_username": "alice@example.com", "traits": {"ip": "198.51.100.88", "plan": "pro"}, "action": "login"}',
+                '{"z": 1, "actor_username": "bob", "a": {"ip": "203.0.113.5:4711"}, "z": 2}'),
+               (2, now() - interval '40 days', '{"action": "logout"}', '{"x": [1, 2]}'),
+               (3, now() - interval '40 days', '{"actor_username": null, "traits": {"ip": "unknown"}}', NULL),
+               (4, now(), '{"actor_username": "young@example.com"}', NULL);"#,
+        )
+        .await;
+    let cfg = env.config(&mask_rule(
+        "audit",
+        "audit_log",
+        r#"{ payload = { "$.actor_username" = "redact", "$.traits.ip" = "ip_prefix" }, raw = { "$.actor_username" = "redact", "$.a.ip" = { strategy = "ip_prefix", keep_port = true } } }"#,
+        "",
+    ));
+    let check = retentiond(
+        &["check", "--online", "-c", &cfg.display().to_string()],
+        &[],
+    );
+    assert_eq!(check.code, 0, "{check}");
+    let plan = json_cmd("plan", &cfg, &[]);
+    assert_eq!(plan.rule("audit")["matched"], 2, "rows 1 and 3: {plan}");
+    assert_eq!(plan.rule("audit")["unparsable"], 1, "{plan}");
+    let run = json_cmd("run", &cfg, &[]);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.rule("audit")["affected"], 2, "{run}");
+    let same = |id: i32, json: &str| {
+        format!("SELECT count(*) FROM audit_log WHERE id = {id} AND payload = '{json}'::jsonb")
+    };
+    assert_eq!(
+        env.db
+            .count(&same(
+                1,
+                r#"{"actor_username": "redacted", "traits": {"ip": "198.51.100.0", "plan": "pro"}, "action": "login"}"#
+            ))
+            .await,
+        1
+    );
+    assert_eq!(env.db.count(&same(2, r#"{"action": "logout"}"#)).await, 1);
+    assert_eq!(
+        env.db
+            .count(&same(
+                3,
+                r#"{"actor_username": null, "traits": {"ip": null}}"#
+            ))
+            .await,
+        1,
+        "an unparsable IP is replaced by null (on_unparsable = \"replace\")"
+    );
+    assert_eq!(
+        env.db
+            .count(&same(4, r#"{"actor_username": "young@example.com"}"#))
+            .await,
+        1
+    );
+    // json keeps its key order, duplicates included, and its type.
+    let raw = env
+        .db
+        .strings("SELECT concat_ws('|', (SELECT string_agg(k, ',') FROM json_object_keys(raw) k), raw->>'actor_username', raw->'a'->>'ip', pg_typeof(raw)::text) FROM audit_log WHERE id = 1")
+        .await;
+    assert_eq!(raw, ["z,actor_username,a,z|redacted|203.0.113.0:4711|json"]);
+    assert_eq!(
+        env.db
+            .strings("SELECT raw::text FROM audit_log WHERE id = 2")
+            .await,
+        [r#"{"x": [1, 2]}"#],
+        "a document without the paths is not rewritten"
+    );
+    let again = json_cmd("run", &cfg, &[]);
+    assert_eq!(again.rule("audit")["affected"], 0, "idempotent: {again}");
+
+    // A path that is not one, and a strategy the column type cannot take.
+    for (columns, expected) in [
+        (
+            r#"{ payload = { "actor" = "redact" } }"#,
+            "`actor` is not a JSON path",
+        ),
+        (
+            r#"{ payload = "ip_prefix" }"#,
+            "in a json column, name the paths",
+        ),
+    ] {
+        let cfg = env.config(&mask_rule("audit", "audit_log", columns, ""));
+        let out = retentiond(
+            &["check", "--online", "-c", &cfg.display().to_string()],
+            &[],
+        );
+        assert_eq!(out.code, 2, "{columns}: {out}");
+        assert!(out.stderr.contains(expected), "{expected}: {out}");
+    }
+}

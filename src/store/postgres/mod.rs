@@ -60,6 +60,11 @@ impl PgStore {
                     if let Err(e) = conn.execute(sql::PARSE_INET_FUNCTION).await {
                         tracing::debug!(error = %e, "Could not create the session's inet parser.");
                     }
+                    for f in [sql::JSON_SET_FUNCTION, sql::JSONB_SET_FUNCTION] {
+                        if let Err(e) = conn.execute(f).await {
+                            tracing::debug!(error = %e, "Could not create the session's json path setter.");
+                        }
+                    }
                     if let Err(e) = conn.execute(sql::mask_ip_function().as_str()).await {
                         tracing::debug!(error = %e, "Could not create the session's IP text masker.");
                     }

@@ -190,6 +190,8 @@ fn mask_sql(
         let kind = match col.type_name.as_str() {
             "inet" => ColumnKind::Inet,
             "cidr" => ColumnKind::Cidr,
+            "json" => ColumnKind::Json,
+            "jsonb" => ColumnKind::Jsonb,
             _ if col.is_text() => ColumnKind::Text,
             _ => ColumnKind::Other,
         };
@@ -203,9 +205,27 @@ fn mask_sql(
         };
         match strategy {
             MaskStrategy::IpPrefix { .. } | MaskStrategy::Hmac { .. }
-                if kind == ColumnKind::Other =>
+                if matches!(
+                    kind,
+                    ColumnKind::Other | ColumnKind::Json | ColumnKind::Jsonb
+                ) =>
             {
-                return Err(bad_type("inet, cidr or text columns"))
+                return Err(bad_type(
+                    "inet, cidr or text columns (in a json column, name the paths: { \"$.ip\" = \"ip_prefix\" })",
+                ))
+            }
+            MaskStrategy::Json(_) if !matches!(kind, ColumnKind::Json | ColumnKind::Jsonb) => {
+                return Err(bad_type("json or jsonb columns"))
+            }
+            MaskStrategy::Json(paths)
+                if paths
+                    .iter()
+                    .any(|(_, s)| matches!(s, MaskStrategy::Hmac { .. })) =>
+            {
+                return Err(TargetError::new(format!(
+                    "column {name}.{column}: hmac inside JSON paths is not supported yet; use \"redact\", \"null\" or \"ip_prefix\" for a path"
+                ))
+                .about(Field::Column(column.clone())))
             }
             MaskStrategy::Redact if kind != ColumnKind::Text => {
                 return Err(bad_type("text or varchar columns"))

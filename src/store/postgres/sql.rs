@@ -177,6 +177,10 @@ pub enum ColumnKind {
     Cidr,
     /// `text` or `varchar`.
     Text,
+    /// `json` (key order and duplicates kept when a path is masked).
+    Json,
+    /// `jsonb`.
+    Jsonb,
     /// Anything else (only `null` masking applies).
     Other,
 }
@@ -213,6 +217,34 @@ pub fn hmac_pads(key: &[u8]) -> (Vec<u8>, Vec<u8>) {
 fn prefix_len(v: &str) -> String {
     format!("(CASE WHEN family({v}) = 4 THEN 24 WHEN {v} <<= '::ffff:0.0.0.0/96'::inet THEN 120 ELSE 48 END)")
 }
+
+/// Name of the session-local function that sets one path of a `json`
+/// document, keeping its key order; see [`JSON_SET_FUNCTION`].
+pub const JSON_SET: &str = "pg_temp.retentiond_json_set";
+
+/// `jsonb_set` for `json`: a `json` value keeps its keys in their order
+/// (and duplicates), which a round trip through `jsonb` would not. A path
+/// that is not there, or a NULL `val` (nothing to change), leaves the
+/// document as it is.
+pub const JSON_SET_FUNCTION: &str = "CREATE OR REPLACE FUNCTION pg_temp.retentiond_json_set(doc json, path text[], val json) \
+     RETURNS json LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $f$ \
+     BEGIN \
+       IF val IS NULL OR json_typeof(doc) IS DISTINCT FROM 'object' OR cardinality(path) = 0 THEN RETURN doc; END IF; \
+       RETURN coalesce((SELECT json_object_agg(e.key, CASE WHEN e.key = path[1] THEN \
+                  CASE WHEN cardinality(path) = 1 THEN val ELSE pg_temp.retentiond_json_set(e.value, path[2:], val) END \
+                ELSE e.value END ORDER BY e.ord) \
+              FROM json_each(doc) WITH ORDINALITY AS e(key, value, ord)), doc); \
+     END $f$";
+
+/// Name of the `jsonb` twin of [`JSON_SET`].
+pub const JSONB_SET: &str = "pg_temp.retentiond_jsonb_set";
+
+/// `jsonb_set` without creating a missing path, and leaving the document
+/// as it is for a NULL `val`, so that each masked path refers to the
+/// document once (nested CASEs would double the SQL text per path).
+pub const JSONB_SET_FUNCTION: &str = "CREATE OR REPLACE FUNCTION pg_temp.retentiond_jsonb_set(doc jsonb, path text[], val jsonb) \
+     RETURNS jsonb LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $f$ \
+     BEGIN IF val IS NULL THEN RETURN doc; END IF; RETURN jsonb_set(doc, path, val, false); END $f$";
 
 /// Name of the session-local function that masks IP text as real columns
 /// hold it; see [`mask_ip_function`].
@@ -365,6 +397,9 @@ pub fn column_mask(
                 ),
             )
         }
+        (MaskStrategy::Json(paths), _) => {
+            json_mask(&quote_ident(column), &c, kind, paths, on_unparsable)
+        }
         (MaskStrategy::IpPrefix { keep_port }, _) => {
             // ip_prefix on text holding IP addresses, in the forms real
             // columns hold them (see `mask_ip_function`); other kinds were
@@ -404,6 +439,70 @@ pub fn column_mask(
                 unparsable,
             }
         }
+    }
+}
+
+/// Masks the named paths of a `json`/`jsonb` column `c`; the rest of the
+/// document stays as it is. A path that is missing or JSON `null` holds
+/// nothing to mask.
+fn json_mask(
+    column: &str,
+    c: &str,
+    kind: ColumnKind,
+    paths: &[(Vec<String>, MaskStrategy)],
+    on_unparsable: OnUnparsable,
+) -> ColumnMask {
+    let (mut masked, mut unparsable) = (Vec::new(), Vec::new());
+    let mut value = c.to_string();
+    for (keys, strategy) in paths {
+        let path = format!(
+            "ARRAY[{}]::text[]",
+            keys.iter()
+                .map(|k| format!("'{}'", k.replace('\'', "''")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let text = format!("({c} #>> {path})");
+        let current = format!("({c} #> {path})::jsonb");
+        let (done, new) = match strategy {
+            MaskStrategy::Null => (format!("{text} IS NULL"), "'null'::jsonb".to_string()),
+            MaskStrategy::Redact => (
+                format!("({text} IS NULL OR {current} = '\"redacted\"'::jsonb)"),
+                "'\"redacted\"'::jsonb".to_string(),
+            ),
+            MaskStrategy::IpPrefix { keep_port } => {
+                let m = format!("{MASK_IP}({text}, {keep_port})");
+                let (kept, replacement) = match on_unparsable {
+                    OnUnparsable::Keep => (format!(" OR {m} IS NULL"), current.clone()),
+                    OnUnparsable::Replace => (String::new(), "'null'::jsonb".to_string()),
+                };
+                unparsable.push(format!(
+                    "({text} IS NOT NULL AND {text} <> '' AND {m} IS NULL)"
+                ));
+                (
+                    format!(
+                        "({text} IS NULL OR {text} = '' OR coalesce({text} = {m}, false){kept})"
+                    ),
+                    format!("(CASE WHEN {m} IS NULL THEN {replacement} ELSE to_jsonb({m}) END)"),
+                )
+            }
+            // Refused when the rule was resolved.
+            MaskStrategy::Hmac { .. } | MaskStrategy::Json(_) => {
+                ("true".to_string(), current.clone())
+            }
+        };
+        let new = format!("(CASE WHEN {done} THEN NULL ELSE {new} END)");
+        value = match kind {
+            ColumnKind::Json => format!("{JSON_SET}({value}, {path}, ({new})::json)"),
+            _ => format!("{JSONB_SET}({value}, {path}, {new})"),
+        };
+        masked.push(done);
+    }
+    let masked = format!("({c} IS NULL OR {})", all_of(&masked));
+    ColumnMask {
+        assignment: format!("{column} = {value}"),
+        masked,
+        unparsable: any_of(&unparsable),
     }
 }
 
