@@ -91,6 +91,9 @@ pub struct Planned {
     /// Rows inside the rule's `where` whose age is NULL (never expire).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub null_age: Option<i64>,
+    /// Mask rules: due rows a unique key would refuse in masked form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflicts: Option<i64>,
     /// The oldest due item.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest: Option<String>,
@@ -141,6 +144,13 @@ pub struct Counts {
     /// Rows inside the rule's `where` whose age is NULL (never expire).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub null_age: Option<i64>,
+    /// Mask rules: due rows a unique key refused in their masked form
+    /// (kept unmasked, or deleted with `on_conflict = "delete"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflicts: Option<i64>,
+    /// Of `conflicts`, the rows deleted: removals, counted exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflicts_deleted: Option<i64>,
     /// Versions and delete markers removed (blob rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub versions: Option<i64>,

@@ -440,6 +440,20 @@ pub struct MaskSpec {
     pub columns: Vec<(String, MaskStrategy)>,
     /// What to do with text that is not an IP address.
     pub on_unparsable: OnUnparsable,
+    /// What to do with a row whose masked form a unique key refuses.
+    pub on_conflict: OnConflict,
+}
+
+/// What happens to a row whose masked form duplicates another row's
+/// unique key (`on_conflict`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnConflict {
+    /// Keep it unmasked, count it and say so.
+    #[default]
+    Skip,
+    /// Delete it: the row it duplicates already carries all that may be
+    /// kept. Guards and holds still keep it.
+    Delete,
 }
 
 /// How a column is masked.

@@ -110,6 +110,7 @@ pub struct RawRule {
     pub filter: Option<SStr>,
     pub columns: Option<Spanned<BTreeMap<String, Spanned<RawMask>>>>,
     pub on_unparsable: Option<SStr>,
+    pub on_conflict: Option<SStr>,
     pub blobs: Option<Spanned<RawBlobLink>>,
     // blob targets
     pub prefix: Option<SStr>,

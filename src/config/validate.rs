@@ -983,6 +983,13 @@ fn table_target(
                     "remove it",
                 );
             }
+            if let Some(v) = &r.on_conflict {
+                cx.err(
+                    v.span(),
+                    "`on_conflict` applies to `action = \"mask\"` only",
+                    "remove it",
+                );
+            }
             TableAction::Delete
         }
         "mask" => {
@@ -1026,9 +1033,25 @@ fn table_target(
                     }
                 },
             };
+            let on_conflict = match &r.on_conflict {
+                None => OnConflict::Skip,
+                Some(v) => match v.get_ref().as_str() {
+                    "skip" => OnConflict::Skip,
+                    "delete" => OnConflict::Delete,
+                    other => {
+                        cx.err(
+                            v.span(),
+                            format!("unknown on_conflict `{other}`"),
+                            "use \"skip\" (keep a row whose masked form a unique key refuses, and count it) or \"delete\" (delete it: the row it duplicates carries all that may be kept)",
+                        );
+                        OnConflict::Skip
+                    }
+                },
+            };
             TableAction::Mask(MaskSpec {
                 columns: out,
                 on_unparsable,
+                on_conflict,
             })
         }
         other => {
@@ -1363,6 +1386,7 @@ fn prefix_target(
         ("keep_max", &r.keep_max),
         ("where", &r.filter),
         ("on_unparsable", &r.on_unparsable),
+        ("on_conflict", &r.on_conflict),
     ] {
         if let Some(v) = v {
             cx.err(

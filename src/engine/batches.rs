@@ -58,6 +58,9 @@ pub struct Executed {
     pub blob_failures: (i64, Option<String>),
     /// The first constraint that refused a row's change (the row is kept).
     pub refused: Option<String>,
+    /// Mask rules with `on_conflict = "delete"`: rows deleted because a
+    /// unique key refused their masked form.
+    pub conflicts_deleted: i64,
     /// Batches committed.
     pub batches: i64,
     /// `ok`, `refused`, `failed` or `interrupted`.
@@ -78,6 +81,7 @@ impl Executed {
             skipped: BTreeMap::new(),
             blob_failures: (0, None),
             refused: None,
+            conflicts_deleted: 0,
             batches: 0,
             outcome: Outcome::Failed,
             reason: Some(reason),
@@ -93,6 +97,7 @@ impl Executed {
             batches: self.batches,
             cascaded: self.cascaded.clone(),
             skipped: self.skipped.clone(),
+            conflicts_deleted: self.conflicts_deleted,
         }
     }
 
@@ -121,6 +126,8 @@ struct Committed {
     failed: (i64, Option<String>),
     /// The first constraint that refused a row's change.
     refused: Option<String>,
+    /// Conflicting rows deleted (`on_conflict = "delete"`).
+    conflicts_deleted: i64,
 }
 
 impl Committed {
@@ -135,6 +142,7 @@ impl Committed {
         }
         add_all(&mut t.cascaded, self.cascaded.clone());
         add_all(&mut t.skipped, self.skipped.clone());
+        t.conflicts_deleted += self.conflicts_deleted;
     }
 }
 
@@ -172,6 +180,7 @@ pub async fn execute(
         skipped: BTreeMap::new(),
         blob_failures: (0, None),
         refused: None,
+        conflicts_deleted: 0,
         batches: 0,
         outcome: Outcome::Ok,
         reason: None,
@@ -228,6 +237,7 @@ pub async fn execute(
                     done.kept += c.kept;
                     add_all(&mut done.cascaded, c.cascaded);
                     add_all(&mut done.skipped, c.skipped);
+                    done.conflicts_deleted += c.conflicts_deleted;
                     done.blob_failures.0 += c.failed.0;
                     if done.blob_failures.1.is_none() {
                         done.blob_failures.1 = c.failed.1;
@@ -276,7 +286,7 @@ pub async fn execute(
     if let Some(first) = done.refused.take() {
         // The promise holds for every other row; say which ones it does
         // not hold for, and why.
-        let kept: i64 = ["unique_violation", "foreign_key"]
+        let kept: i64 = [UNIQUE_VIOLATION, "foreign_key"]
             .iter()
             .filter_map(|k| done.skipped.get(*k))
             .sum();
@@ -310,9 +320,43 @@ async fn heap_size(pg: &PgStore, leaf: &str) -> Result<(u32, f64), sqlx::Error> 
 /// A constraint one row breaks (a masked value a unique key refuses, a
 /// delete a `RESTRICT` / `NO ACTION` foreign key refuses): the reason it is
 /// counted under in `skipped`.
+/// With `on_conflict = "delete"`, deletes a row whose masked form a unique
+/// key refused, unless a guard or hold keeps it (or a foreign key refuses
+/// the delete): true when it went.
+async fn delete_conflict(
+    tx: &mut sqlx::PgConnection,
+    resolved: &ResolvedRule,
+    leaf: &str,
+    tid: &str,
+) -> Result<bool, sqlx::Error> {
+    let Some(protected) = resolved
+        .mask
+        .as_ref()
+        .and_then(|m| m.delete_conflicts.as_ref())
+    else {
+        return Ok(false);
+    };
+    batch::savepoint(tx, "SAVEPOINT retentiond_conflict").await?;
+    match batch::delete_conflict(tx, leaf, tid, protected).await {
+        Ok(n) => {
+            batch::savepoint(tx, "RELEASE SAVEPOINT retentiond_conflict").await?;
+            Ok(n == 1)
+        }
+        Err(e) if row_refusal(&e).is_some() => {
+            batch::savepoint(tx, "ROLLBACK TO SAVEPOINT retentiond_conflict").await?;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The `skipped` reason of a row whose change a unique key refused (a
+/// mask rule's conflict).
+pub const UNIQUE_VIOLATION: &str = "unique_violation";
+
 fn row_refusal(e: &sqlx::Error) -> Option<&'static str> {
     match e.as_database_error().and_then(|d| d.code()).as_deref() {
-        Some("23505") => Some("unique_violation"),
+        Some("23505") => Some(UNIQUE_VIOLATION),
         Some("23503") => Some("foreign_key"),
         _ => None,
     }
@@ -415,6 +459,12 @@ async fn one_batch(
                         Some(reason) => {
                             batch::savepoint(&mut tx, "ROLLBACK TO SAVEPOINT retentiond_row")
                                 .await?;
+                            if reason == UNIQUE_VIOLATION
+                                && delete_conflict(&mut tx, resolved, leaf, &tid).await?
+                            {
+                                c.conflicts_deleted += 1;
+                                continue;
+                            }
                             *c.skipped.entry(reason.to_string()).or_default() += 1;
                             c.refused.get_or_insert_with(|| describe_db_error(&e));
                         }
@@ -510,7 +560,8 @@ async fn one_batch(
         let after = batch::deleted_counters(&mut tx, resolved).await?;
         c.cascaded = batch::cascaded_between(resolved, &counters, &after, changed);
     }
-    let changed_anything = changed > 0 || !c.skipped.is_empty() || c.objects > 0;
+    let changed_anything =
+        changed > 0 || !c.skipped.is_empty() || c.objects > 0 || c.conflicts_deleted > 0;
     if let Some((run_id, so_far)) = durable.filter(|_| changed_anything) {
         // The count commits with the batch, or neither does.
         let mut next = so_far.clone();

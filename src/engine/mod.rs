@@ -205,7 +205,10 @@ impl Runner<'_> {
                     host()
                 ),
             };
-            let t = found.map(|p| p.totals).unwrap_or_default();
+            let mut t = found.map(|p| p.totals).unwrap_or_default();
+            let conflicts = (rule.action_name() == "mask")
+                .then(|| split_conflicts(&mut t.skipped) + t.conflicts_deleted);
+            let conflicts_deleted = (t.conflicts_deleted > 0).then_some(t.conflicts_deleted);
             let with_objects = rule.is_blob() || t.objects > 0 || t.bytes > 0;
             let outcome = RunOutcome {
                 run: intent.run,
@@ -216,6 +219,8 @@ impl Runner<'_> {
                     batches: t.batches,
                     cascaded: t.cascaded,
                     skipped: t.skipped,
+                    conflicts,
+                    conflicts_deleted,
                     objects: with_objects.then_some(t.objects),
                     bytes: with_objects.then(|| u64::try_from(t.bytes).unwrap_or(0).min(1 << 53)),
                     ..Counts::default()
@@ -360,6 +365,12 @@ impl Runner<'_> {
                 report.affected = Some(done.affected);
                 report.cascaded = done.cascaded;
                 report.skipped = done.skipped;
+                if report.action == "mask" {
+                    let kept = split_conflicts(&mut report.skipped);
+                    report.conflicts = Some(kept + done.conflicts_deleted);
+                    report.conflicts_deleted =
+                        (done.conflicts_deleted > 0).then_some(done.conflicts_deleted);
+                }
                 if link.is_some() {
                     report.objects = Some(done.objects);
                     report.bytes = Some(done.bytes);
@@ -431,8 +442,24 @@ fn totals_of(report: &RuleReport) -> Totals {
         bytes: i64::try_from(report.bytes.unwrap_or(0)).unwrap_or(i64::MAX),
         batches: report.batches,
         cascaded: report.cascaded.clone(),
-        skipped: report.skipped.clone(),
+        // Conflicts were split out of the batches' skipped rows; the
+        // progress row keeps them there, as the batches wrote them.
+        skipped: {
+            let mut s = report.skipped.clone();
+            let kept = report.conflicts.unwrap_or(0) - report.conflicts_deleted.unwrap_or(0);
+            if kept > 0 {
+                s.insert(batches::UNIQUE_VIOLATION.to_string(), kept);
+            }
+            s
+        },
+        conflicts_deleted: report.conflicts_deleted.unwrap_or(0),
     }
+}
+
+/// A mask the unique key refused is a conflict (its own count, not a
+/// skip); batches record it among the skipped rows by its SQLSTATE name.
+fn split_conflicts(skipped: &mut std::collections::BTreeMap<String, i64>) -> i64 {
+    skipped.remove(batches::UNIQUE_VIOLATION).unwrap_or(0)
 }
 
 fn table_age(rule: &Rule) -> Option<&crate::config::Age> {
@@ -480,6 +507,7 @@ fn intent_event(
             cascaded: report.cascaded.clone(),
             skipped: report.skipped.clone(),
             null_age: report.null_age,
+            conflicts: report.conflicts,
             // The oldest due item: with the cutoff, how late the promise is.
             oldest: report.oldest.map(format_ts),
         },
@@ -513,6 +541,8 @@ fn outcome_event(
             skipped: report.skipped.clone(),
             unparsable: report.unparsable,
             null_age: report.null_age,
+            conflicts: report.conflicts,
+            conflicts_deleted: report.conflicts_deleted,
             versions: report.versions,
             objects: report.objects,
             // Integers in records stay within ±2^53 (8 PiB): clamp, never wrap.

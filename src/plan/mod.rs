@@ -59,6 +59,14 @@ pub struct RuleReport {
     /// Due rows whose text IP value does not parse (mask rules).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unparsable: Option<i64>,
+    /// Mask rules: due rows a unique key would refuse in their masked form
+    /// (plan: predicted; run: kept unmasked and counted). Not in `matched`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflicts: Option<i64>,
+    /// Runs of mask rules with `on_conflict = "delete"`: of `conflicts`,
+    /// the rows deleted (removals, counted in the records too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflicts_deleted: Option<i64>,
     /// Plans of `keep_expr` rules: how many rows inside `where` get each
     /// period, clamped to `keep_min`..`keep_max`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -209,6 +217,8 @@ impl RuleReport {
             unparsable: None,
             null_age: None,
             keep_distribution: None,
+            conflicts: None,
+            conflicts_deleted: None,
             versions: None,
             objects: None,
             bytes: None,
@@ -321,6 +331,7 @@ pub async fn prepare(
         .await?;
         let counts = batch::count(&mut tx, &resolved).await?;
         let cascaded = batch::count_cascaded(&mut tx, &resolved).await?;
+        let conflicts = batch::count_conflicts(&mut tx, &resolved).await?;
         // A plan shows who gets which period; a run needs only its due rows.
         let distribution = if options.for_run {
             Vec::new()
@@ -328,9 +339,9 @@ pub async fn prepare(
             batch::keep_distribution(&mut tx, &resolved, table.filter.as_deref()).await?
         };
         tx.rollback().await?;
-        Ok::<_, SchemaError>((resolved, counts, cascaded, distribution))
+        Ok::<_, SchemaError>((resolved, counts, cascaded, distribution, conflicts))
     };
-    let (resolved, counts, cascaded, distribution) = match counted.await {
+    let (resolved, counts, cascaded, distribution, conflicts) = match counted.await {
         Ok(r) => r,
         Err(SchemaError::Target(e)) => return report.refuse(e.message),
         Err(SchemaError::Db(e)) => return report.fail(describe_db_error(&e)),
@@ -342,6 +353,11 @@ pub async fn prepare(
         rule.settings.batch_size,
     );
     report.cascaded = cascaded;
+    if resolved.mask.is_some() {
+        // `matched` is what the run will mask; conflicts are kept apart.
+        report.matched -= conflicts;
+        report.conflicts = Some(conflicts);
+    }
     if rule.keep_expr.is_some() && !options.for_run {
         report.keep_distribution = Some(
             distribution

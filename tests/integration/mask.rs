@@ -475,3 +475,139 @@ async fn mask_json_paths_change_only_what_they_name() {
         assert!(out.stderr.contains(expected), "{expected}: {out}");
     }
 }
+
+/// A chat server's `user_ips` has `UNIQUE (user_id, access_token, ip)`: two
+/// IPs of one token in the same /24 collide when masked. The plan predicts
+/// the conflicts; `skip` keeps them unmasked and counted (the run is ok),
+/// `delete` deletes them (the row they duplicate carries all that may be
+/// kept) unless a guard keeps them; every removal is in the records.
+#[tokio::test]
+async fn mask_unique_key_conflicts_are_predicted_then_skipped_or_deleted() {
+    let env = Env::new().await;
+    let ms = |age: &str| format!("(extract(epoch FROM now() - interval '{age}') * 1000)::int8");
+    let (old, mid, young) = (ms("100 days"), ms("40 days"), ms("1 day"));
+    for table in ["user_ips", "user_ips_d"] {
+        env.db
+            .exec(&format!(
+                "CREATE TABLE {table} (id int, user_id text, access_token text, ip text, last_seen bigint,
+                                       UNIQUE (user_id, access_token, ip));
+                 INSERT INTO {table} VALUES
+                   (1, 'u1', 'tokA', '198.51.100.7', {old}),
+                   (2, 'u1', 'tokA', '198.51.100.9', {old}),   -- same /24, same token: conflict
+                   (3, 'u1', 'tokA', '203.0.113.0', {young}),  -- not due; its value is taken
+                   (4, 'u1', 'tokA', '203.0.113.5', {old}),    -- masks to row 3's value: conflict
+                   (5, 'u2', 'tokB', '198.51.100.7', {old}),
+                   (6, 'u1', 'tokC', '198.51.100.8', {old}),
+                   (7, 'u4', 'tokE', '192.0.2.1', {mid}),
+                   (8, 'u4', 'tokE', '192.0.2.2', {mid});      -- conflict; a guard keeps it from deletion"
+            ))
+            .await;
+    }
+    let rule = |name: &str, table: &str, on_conflict: &str| {
+        format!(
+            "[[rules]]\nname = \"{name}\"\nstore = \"app\"\ntable = \"{table}\"\nage = \"last_seen\"\nage_unit = \"ms\"\nkeep = \"30d\"\naction = \"mask\"\nmax_fraction = 1.0\ncolumns = {{ ip = \"ip_prefix\" }}\n{on_conflict}\n\n"
+        )
+    };
+    let body = [
+        rule("skip", "user_ips", ""),
+        rule("delete", "user_ips_d", "on_conflict = \"delete\""),
+        "[[guards]]\nstore = \"app\"\ntable = \"user_ips_d\"\nage = \"last_seen\"\nage_unit = \"ms\"\nmin_keep = \"90d\"\nreason = \"abuse investigations\"\n".to_string(),
+    ]
+    .concat();
+    let cfg = env.config(&body);
+    let plan = json_cmd("plan", &cfg, &[]);
+    assert_eq!(plan.code, 0, "{plan}");
+    for r in ["skip", "delete"] {
+        assert_eq!(
+            (
+                plan.rule(r)["matched"].as_i64(),
+                plan.rule(r)["conflicts"].as_i64()
+            ),
+            (Some(4), Some(3)),
+            "{r}: {plan}"
+        );
+    }
+    let run = json_cmd("run", &cfg, &[]);
+    assert_eq!(run.code, 0, "conflicts do not fail a run: {run}");
+    let skip = run.rule("skip");
+    assert_eq!(
+        (skip["affected"].as_i64(), skip["conflicts"].as_i64()),
+        (Some(4), Some(3)),
+        "{run}"
+    );
+    assert!(skip.get("conflicts_deleted").is_none(), "{run}");
+    let del = run.rule("delete");
+    assert_eq!(
+        (
+            del["affected"].as_i64(),
+            del["conflicts"].as_i64(),
+            del["conflicts_deleted"].as_i64()
+        ),
+        (Some(4), Some(3), Some(2)),
+        "{run}"
+    );
+    let rows = |table: &str| {
+        let sql = format!("SELECT id || ':' || ip FROM {table} ORDER BY id");
+        let env = &env;
+        async move { env.db.strings(&sql).await }
+    };
+    assert_eq!(
+        rows("user_ips").await,
+        [
+            "1:198.51.100.0",
+            "2:198.51.100.9",
+            "3:203.0.113.0",
+            "4:203.0.113.5",
+            "5:198.51.100.0",
+            "6:198.51.100.0",
+            "7:192.0.2.0",
+            "8:192.0.2.2"
+        ]
+    );
+    assert_eq!(
+        rows("user_ips_d").await,
+        [
+            "1:198.51.100.0",
+            "3:203.0.113.0",
+            "5:198.51.100.0",
+            "6:198.51.100.0",
+            "7:192.0.2.0",
+            "8:192.0.2.2"
+        ],
+        "rows 2 and 4 deleted; 8 kept by the guard"
+    );
+    let key = load_public(&env.public_key).unwrap();
+    let records = chain::assert_valid(&env.db.pool, &key).await;
+    let outcome = &chain::of(&records, "run_outcome", "delete")[0];
+    assert_eq!(outcome["counts"]["conflicts"], 3, "{outcome}");
+    assert_eq!(outcome["counts"]["conflicts_deleted"], 2, "{outcome}");
+    let intent = &chain::of(&records, "run_intent", "delete")[0];
+    assert_eq!(intent["planned"]["conflicts"], 3, "{intent}");
+
+    let again = json_cmd("run", &cfg, &[]);
+    assert_eq!(again.code, 0, "{again}");
+    assert_eq!(again.rule("skip")["conflicts"], 3, "{again}");
+    assert_eq!(again.rule("skip")["affected"], 0, "{again}");
+    assert_eq!(again.rule("delete")["conflicts"], 1, "{again}");
+    assert_eq!(again.rule("delete")["affected"], 0, "{again}");
+
+    // Deleting a conflict must not take other tables' rows along.
+    env.db
+        .exec("CREATE TABLE sessions_ip (id int primary key, at timestamptz, ip text UNIQUE);
+               CREATE TABLE session_notes (id int primary key, session_id int REFERENCES sessions_ip(id) ON DELETE CASCADE);")
+        .await;
+    let cfg = env.config(&mask_rule(
+        "cascading",
+        "sessions_ip",
+        "{ ip = \"ip_prefix\" }",
+        "on_conflict = \"delete\"",
+    ));
+    let plan = json_cmd("plan", &cfg, &[]);
+    assert!(
+        plan.rule("cascading")["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("would cascade into public.session_notes"),
+        "{plan}"
+    );
+}

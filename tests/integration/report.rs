@@ -1100,8 +1100,8 @@ fn month_of_records(signer: &retentiond::audit::Signer) -> String {
                         batches: 1,
                         cascaded: cascaded.clone(),
                         skipped: BTreeMap::new(),
-                        null_age: None,
                         oldest: Some(format_ts(cutoff - overdue)),
+                        ..Planned::default()
                     },
                     config_sha256: sha.into(),
                     host: "retentiond-7d9f8-x2k4q".into(),

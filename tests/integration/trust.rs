@@ -321,14 +321,20 @@ async fn trust_a_mask_value_a_unique_key_refuses_is_kept_and_counted_not_blockin
     let cfg = env.config(
         "[[rules]]\nname = \"ips\"\nstore = \"app\"\ntable = \"seen\"\nage = \"at\"\nkeep = \"30d\"\naction = \"mask\"\nmax_fraction = 1.0\ncolumns = { ip = \"ip_prefix\" }\n",
     );
+    let plan = json_cmd("plan", &cfg, &[]);
+    assert_eq!(
+        (
+            plan.rule("ips")["matched"].as_i64(),
+            plan.rule("ips")["conflicts"].as_i64()
+        ),
+        (Some(50), Some(1)),
+        "predicted: the second row masking to 10.0.1.0 is a conflict: {plan}"
+    );
     let run = json_cmd("run", &cfg, &[]);
     assert_eq!(run.code, 0, "{run}");
     assert_eq!(run.rule("ips")["affected"], 50, "{run}");
-    assert_eq!(
-        run.rule("ips")["skipped"],
-        serde_json::json!({"unique_violation": 1}),
-        "{run}"
-    );
+    assert_eq!(run.rule("ips")["conflicts"], 1, "{run}");
+    assert_eq!(run.rule("ips")["skipped"], serde_json::json!({}), "{run}");
     assert_eq!(
         env.db
             .count("SELECT count(*) FROM seen WHERE ip LIKE '%.0'")
@@ -338,7 +344,8 @@ async fn trust_a_mask_value_a_unique_key_refuses_is_kept_and_counted_not_blockin
     let key = retentiond::audit::key::load_public(&env.public_key).expect("public key");
     let records = crate::chain::assert_valid(&env.db.pool, &key).await;
     let outcome = crate::chain::of(&records, "run_outcome", "ips");
-    assert_eq!(outcome[0]["counts"]["skipped"]["unique_violation"], 1);
+    assert_eq!(outcome[0]["counts"]["conflicts"], 1);
+    assert_eq!(outcome[0]["counts"]["skipped"], serde_json::json!({}));
 }
 
 #[tokio::test]

@@ -115,6 +115,76 @@ pub fn count_sql(rule: &ResolvedRule) -> String {
     )
 }
 
+/// Rows a mask would change that a unique key refuses: of the rows whose
+/// masked keys coincide, all but the first in heap order, and every row
+/// whose masked key equals another row's current key. Exact for unique
+/// keys over plain columns (the others are named in the rule's notes);
+/// `hmac` values never collide, so they count as they are.
+pub async fn count_conflicts(
+    conn: &mut PgConnection,
+    rule: &ResolvedRule,
+) -> Result<i64, sqlx::Error> {
+    let Some(sql) = conflicts_sql(rule) else {
+        return Ok(0);
+    };
+    sqlx::query_scalar(&sql).fetch_one(conn).await
+}
+
+/// The statement behind [`count_conflicts`]; None when no unique key
+/// covers a masked column.
+pub fn conflicts_sql(rule: &ResolvedRule) -> Option<String> {
+    let m = rule.mask.as_ref()?;
+    if m.unique_keys.is_empty() {
+        return None;
+    }
+    let table = &rule.table.quoted;
+    let eligible = rule.eligible();
+    let per_key: Vec<String> = m
+        .unique_keys
+        .iter()
+        .map(|key| {
+            let values: Vec<String> = key
+                .iter()
+                .map(|c| {
+                    m.values
+                        .iter()
+                        .find(|(n, _)| n == c)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_else(|| format!("t.{}", sql::quote_ident(c)))
+                })
+                .collect();
+            let names: Vec<String> = (0..key.len()).map(|i| format!("retentiond_k{i}")).collect();
+            let select: Vec<String> = values
+                .iter()
+                .zip(&names)
+                .map(|(v, n)| format!("{v} AS {n}"))
+                .collect();
+            // NULLs never collide in a unique index.
+            let not_null: Vec<String> = names.iter().map(|n| format!("x.{n} IS NOT NULL")).collect();
+            let current: Vec<String> = key
+                .iter()
+                .zip(&names)
+                .map(|(c, n)| format!("s.{} = x.{n}", sql::quote_ident(c)))
+                .collect();
+            format!(
+                "SELECT x.rel, x.tid FROM (SELECT t.tableoid AS rel, t.ctid AS tid, {}, \
+                   row_number() OVER (PARTITION BY {} ORDER BY t.tableoid, t.ctid) AS retentiond_rn \
+                   FROM {table} AS t WHERE {eligible}) AS x \
+                 WHERE {} AND (x.retentiond_rn > 1 OR EXISTS (SELECT 1 FROM {table} AS s \
+                   WHERE {} AND (s.tableoid, s.ctid) <> (x.rel, x.tid)))",
+                select.join(", "),
+                values.join(", "),
+                not_null.join(" AND "),
+                current.join(" AND ")
+            )
+        })
+        .collect();
+    Some(format!(
+        "SELECT count(DISTINCT (c.rel, c.tid))::int8 FROM ({}) AS c",
+        per_key.join(" UNION ALL ")
+    ))
+}
+
 /// With `keep_expr`: how many rows inside the rule's `where` get each
 /// period (clamped to `keep_min`..`keep_max`), shortest first.
 pub async fn keep_distribution(
@@ -293,6 +363,22 @@ async fn change_in(
     Ok(q.execute(conn).await?.rows_affected() as i64)
 }
 
+/// Deletes the row `tid` of `leaf` unless `protected` (alias `t`) keeps it:
+/// a mask's conflict under `on_conflict = "delete"`. 1 when it went.
+pub async fn delete_conflict(
+    conn: &mut PgConnection,
+    leaf: &str,
+    tid: &str,
+    protected: &str,
+) -> Result<i64, sqlx::Error> {
+    let query = format!("DELETE FROM {leaf} AS t WHERE t.ctid = $1::text::tid AND NOT {protected}");
+    Ok(sqlx::query(&query)
+        .bind(tid)
+        .execute(conn)
+        .await?
+        .rows_affected() as i64)
+}
+
 /// Runs `sql` (a SAVEPOINT command) in the current transaction.
 pub async fn savepoint(conn: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
     sqlx::query(sql).execute(conn).await.map(|_| ())
@@ -317,10 +403,13 @@ pub async fn select_linked(
         .collect();
     let query = format!(
         "SELECT t.ctid::text, ARRAY[{}]::text[] FROM {leaf} AS t \
-         WHERE t.ctid >= $1::text::tid AND t.ctid < $2::text::tid AND {}",
+         WHERE t.ctid >= $1::text::tid AND t.ctid < $2::text::tid AND {} \
+         ORDER BY t.ctid",
         cols.join(", "),
         rule.eligible()
     );
+    // Heap order: of rows whose masked keys coincide, the first is masked
+    // and the others are conflicts, as `count_conflicts` predicts.
     sqlx::query_as::<_, (String, Vec<Option<String>>)>(&query)
         .bind(page_start(lo))
         .bind(page_start(hi))

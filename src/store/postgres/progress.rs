@@ -27,6 +27,10 @@ pub struct Totals {
     pub cascaded: BTreeMap<String, i64>,
     /// Items kept because they could not be touched safely, by reason.
     pub skipped: BTreeMap<String, i64>,
+    /// Mask rules with `on_conflict = "delete"`: rows deleted because
+    /// their masked form duplicated another row's unique key.
+    #[serde(default)]
+    pub conflicts_deleted: i64,
 }
 
 /// A dead or unrecorded run's row.
@@ -69,11 +73,11 @@ pub async fn record(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO retentiond.run_progress AS p \
-             (run_id, rule, affected, objects, bytes, batches, cascaded, skipped, updated) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now()) \
+             (run_id, rule, affected, objects, bytes, batches, cascaded, skipped, conflicts_deleted, updated) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now()) \
          ON CONFLICT (run_id) DO UPDATE SET affected = EXCLUDED.affected, objects = EXCLUDED.objects, \
              bytes = EXCLUDED.bytes, batches = EXCLUDED.batches, cascaded = EXCLUDED.cascaded, \
-             skipped = EXCLUDED.skipped, updated = now()",
+             skipped = EXCLUDED.skipped, conflicts_deleted = EXCLUDED.conflicts_deleted, updated = now()",
     )
     .bind(run_id)
     .bind(rule)
@@ -83,6 +87,7 @@ pub async fn record(
     .bind(t.batches)
     .bind(Json(&t.cascaded))
     .bind(Json(&t.skipped))
+    .bind(t.conflicts_deleted)
     .execute(conn)
     .await?;
     Ok(())
@@ -91,7 +96,7 @@ pub async fn record(
 /// The row of `run_id`, if the run wrote one.
 pub async fn read(pool: &PgPool, run_id: &str) -> Result<Option<Found>, sqlx::Error> {
     let Some(r) = sqlx::query(
-        "SELECT affected, objects, bytes, batches, cascaded, skipped, outcome, outcome_error \
+        "SELECT affected, objects, bytes, batches, cascaded, skipped, conflicts_deleted, outcome, outcome_error \
          FROM retentiond.run_progress WHERE run_id = $1",
     )
     .bind(run_id)
@@ -112,6 +117,7 @@ pub async fn read(pool: &PgPool, run_id: &str) -> Result<Option<Found>, sqlx::Er
             batches: r.try_get("batches")?,
             cascaded,
             skipped,
+            conflicts_deleted: r.try_get("conflicts_deleted")?,
         },
         unwritten: outcome.map(|o| (o, error.unwrap_or_default())),
     }))

@@ -10,7 +10,9 @@ use super::age::{self, ResolvedAge};
 use super::protect::{self, CascadeTree, Cascaded};
 use super::schema::{self, Field, SchemaError, TableInfo, TargetError};
 use super::sql::{self, ColumnKind};
-use crate::config::{Config, KeepExpr, MaskSpec, MaskStrategy, TableAction, TableName, TableRule};
+use crate::config::{
+    Config, KeepExpr, MaskSpec, MaskStrategy, OnConflict, TableAction, TableName, TableRule,
+};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
@@ -55,6 +57,15 @@ pub struct ResolvedMask {
     pub set_list: String,
     /// HMAC pads, bound as `$3, $4, ...` after the batch window.
     pub params: Vec<Vec<u8>>,
+    /// Each masked column's new value (alias `t`; an `hmac` column as it
+    /// is: distinct values never share a pseudonym), for conflicts.
+    pub values: Vec<(String, String)>,
+    /// Unique keys over a masked column whose collisions can be predicted
+    /// from column values.
+    pub unique_keys: Vec<Vec<String>>,
+    /// With `on_conflict = "delete"`: rows a delete must not take (guards
+    /// and holds, alias `t`); None keeps every conflicting row.
+    pub delete_conflicts: Option<String>,
 }
 
 impl ResolvedRule {
@@ -126,7 +137,7 @@ pub async fn resolve(
         ),
         None => format!("({} IS NULL)", age.sql("t")),
     };
-    let (protected, protected_by, notes, cascaded) = match &rule.action {
+    let (protected, protected_by, mut notes, cascaded) = match &rule.action {
         TableAction::Delete => {
             let tree = CascadeTree::load(conn, config, store, &table, &rule.table, at).await?;
             (
@@ -149,7 +160,35 @@ pub async fn resolve(
         }
     };
     let mask = match &rule.action {
-        TableAction::Mask(spec) => Some(mask_sql(&table, &rule.table, spec)?),
+        TableAction::Mask(spec) => {
+            let mut m = mask_sql(&table, &rule.table, spec)?;
+            let masked: Vec<&str> = spec.columns.iter().map(|(c, _)| c.as_str()).collect();
+            for key in schema::unique_keys(conn, &table).await? {
+                if !key.columns.iter().any(|c| masked.contains(&c.as_str())) {
+                    continue;
+                }
+                if key.partial {
+                    notes.push(format!(
+                        "unique index {} is partial or over expressions: its conflicts are not predicted (a row it refuses is kept and counted as a conflict)",
+                        key.name
+                    ));
+                    continue;
+                }
+                m.unique_keys.push(key.columns);
+            }
+            if spec.on_conflict == OnConflict::Delete {
+                let tree = CascadeTree::load(conn, config, store, &table, &rule.table, at).await?;
+                if let Some(edge) = tree.root.cascades.first() {
+                    return Err(TargetError::new(format!(
+                        "on_conflict = \"delete\" on {}: deleting a row would cascade into {} ({}), which masking does not promise; use on_conflict = \"skip\"",
+                        rule.table, edge.child.name, edge.constraint
+                    ))
+                    .into());
+                }
+                m.delete_conflicts = Some(protect::protected(&tree));
+            }
+            Some(m)
+        }
         TableAction::Delete => None,
     };
     let mut resolved = ResolvedRule {
@@ -177,8 +216,8 @@ fn mask_sql(
     name: &TableName,
     spec: &MaskSpec,
 ) -> Result<ResolvedMask, TargetError> {
-    let (mut masked, mut unparsable, mut sets, mut params) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut masked, mut unparsable, mut sets, mut params, mut values) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (column, strategy) in &spec.columns {
         let col = table.columns.get(column).ok_or_else(|| {
             TargetError::new(format!(
@@ -259,11 +298,19 @@ fn mask_sql(
         masked.push(m.masked);
         unparsable.push(m.unparsable);
         sets.push(m.assignment);
+        let value = match strategy {
+            MaskStrategy::Hmac { .. } => format!("t.{}", sql::quote_ident(column)),
+            _ => m.value,
+        };
+        values.push((column.clone(), value));
     }
     Ok(ResolvedMask {
         masked: sql::all_of(&masked),
         unparsable: sql::any_of(&unparsable),
         set_list: sets.join(", "),
         params,
+        values,
+        unique_keys: Vec::new(),
+        delete_conflicts: None,
     })
 }

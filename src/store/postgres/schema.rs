@@ -284,6 +284,45 @@ pub struct CascadeEdge {
     pub columns: Vec<(String, String)>,
 }
 
+/// A unique index (or constraint) of a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UniqueKey {
+    /// The index's name.
+    pub name: String,
+    /// Its columns, in order (empty when it has an expression).
+    pub columns: Vec<String>,
+    /// True for a partial index or one over expressions: which rows
+    /// collide is then not a matter of column values alone.
+    pub partial: bool,
+}
+
+/// The unique indexes of a table (those declared on a partitioned table,
+/// not their per-partition copies).
+pub async fn unique_keys(
+    conn: &mut PgConnection,
+    info: &TableInfo,
+) -> Result<Vec<UniqueKey>, SchemaError> {
+    let rows: Vec<(String, Vec<String>, bool)> = sqlx::query_as(
+        "SELECT ic.relname::text, \
+                ARRAY(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY k(num, ord) \
+                      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.num ORDER BY k.ord), \
+                i.indpred IS NOT NULL OR i.indexprs IS NOT NULL \
+         FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
+         WHERE i.indrelid = $1::int8::oid AND i.indisunique ORDER BY 1",
+    )
+    .bind(i64::from(info.oid))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(name, columns, partial)| UniqueKey {
+            name,
+            columns,
+            partial,
+        })
+        .collect())
+}
+
 /// Foreign keys that cascade deletes from `parent` into other tables.
 pub async fn cascades_from(
     conn: &mut PgConnection,

@@ -194,6 +194,8 @@ pub struct ColumnMask {
     pub unparsable: String,
     /// `"col" = <new value>` for the UPDATE's SET list.
     pub assignment: String,
+    /// The new value (alias `t`), for predicting unique-key conflicts.
+    pub value: String,
 }
 
 /// HMAC-SHA-256 pads of `key` (RFC 2104), bound as `bytea` parameters so the
@@ -358,7 +360,8 @@ pub fn column_mask(
     };
     let (ipad, opad) = params.unwrap_or(("NULL::bytea", "NULL::bytea"));
     let simple = |masked: String, expr: String| ColumnMask {
-        assignment: assign(expr, &masked),
+        assignment: assign(expr.clone(), &masked),
+        value: expr,
         masked,
         unparsable: "false".to_string(),
     };
@@ -434,7 +437,8 @@ pub fn column_mask(
                 "(CASE WHEN {c} = '' THEN {c} WHEN {m} IS NULL THEN {replacement} ELSE {m} END)"
             );
             ColumnMask {
-                assignment: assign(expr, &masked),
+                assignment: assign(expr.clone(), &masked),
+                value: expr,
                 masked,
                 unparsable,
             }
@@ -501,6 +505,7 @@ fn json_mask(
     let masked = format!("({c} IS NULL OR {})", all_of(&masked));
     ColumnMask {
         assignment: format!("{column} = {value}"),
+        value: value.clone(),
         masked,
         unparsable: any_of(&unparsable),
     }
