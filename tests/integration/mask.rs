@@ -611,3 +611,46 @@ async fn mask_unique_key_conflicts_are_predicted_then_skipped_or_deleted() {
         "{plan}"
     );
 }
+
+/// `hmac` inside JSON paths: an email gets a text pseudonym, an IP an
+/// address one, each path with its own key, stable across runs.
+#[tokio::test]
+async fn mask_json_paths_take_hmac_with_their_own_keys() {
+    let env = Env::new().await;
+    env.db
+        .exec(
+            r#"CREATE TABLE events (id int primary key, at timestamptz, meta jsonb);
+             INSERT INTO events VALUES
+               (1, now() - interval '40 days', '{"email": "a@example.com", "net": {"ip": "198.51.100.7"}, "n": 1}'),
+               (2, now() - interval '40 days', '{"email": "a@example.com"}');"#,
+        )
+        .await;
+    let cfg = env.config(&mask_rule(
+        "meta",
+        "events",
+        r#"{ meta = { "$.email" = { strategy = "hmac", key_env = "K1" }, "$.net.ip" = { strategy = "hmac", key_env = "K2" } } }"#,
+        "",
+    ));
+    let cfg_s = cfg.display().to_string();
+    let keys = [("K1", "first key"), ("K2", "second key")];
+    let run = retentiond(&["run", "-c", &cfg_s, "--format", "json"], &keys);
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.rule("meta")["affected"], 2, "{run}");
+    let rows = env
+        .db
+        .strings("SELECT concat_ws('|', meta->>'email', coalesce(meta->'net'->>'ip', '-'), coalesce(meta->>'n', '-')) FROM events ORDER BY id")
+        .await;
+    let (email, ip) = rows[0].split_once('|').unwrap();
+    assert!(email.starts_with("hmac:") && email.len() == 37, "{rows:?}");
+    assert!(
+        ip.starts_with("fd72:6574:") && ip.ends_with("|1"),
+        "{rows:?}"
+    );
+    assert_eq!(
+        rows[1],
+        format!("{email}|-|-"),
+        "same input, same pseudonym"
+    );
+    let again = retentiond(&["run", "-c", &cfg_s, "--format", "json"], &keys);
+    assert_eq!(again.rule("meta")["affected"], 0, "idempotent: {again}");
+}

@@ -256,16 +256,6 @@ fn mask_sql(
             MaskStrategy::Json(_) if !matches!(kind, ColumnKind::Json | ColumnKind::Jsonb) => {
                 return Err(bad_type("json or jsonb columns"))
             }
-            MaskStrategy::Json(paths)
-                if paths
-                    .iter()
-                    .any(|(_, s)| matches!(s, MaskStrategy::Hmac { .. })) =>
-            {
-                return Err(TargetError::new(format!(
-                    "column {name}.{column}: hmac inside JSON paths is not supported yet; use \"redact\", \"null\" or \"ip_prefix\" for a path"
-                ))
-                .about(Field::Column(column.clone())))
-            }
             MaskStrategy::Redact if kind != ColumnKind::Text => {
                 return Err(bad_type("text or varchar columns"))
             }
@@ -277,23 +267,35 @@ fn mask_sql(
             }
             _ => {}
         }
-        let placeholders = if let MaskStrategy::Hmac { key } = strategy {
+        // The HMAC keys of this column (one per hmac path of a JSON
+        // column), bound as parameters: $1, $2 are the batch window, the
+        // pads follow.
+        let keys: Vec<&Vec<u8>> = match strategy {
+            MaskStrategy::Hmac { key } => vec![key],
+            MaskStrategy::Json(paths) => paths
+                .iter()
+                .filter_map(|(_, s)| match s {
+                    MaskStrategy::Hmac { key } => Some(key),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut placeholders = Vec::new();
+        for key in keys {
             let (ipad, opad) = sql::hmac_pads(key);
-            // $1, $2 are the batch window; the pads follow.
             let first = params.len() + 3;
             params.push(ipad);
             params.push(opad);
-            Some((format!("${first}::bytea"), format!("${}::bytea", first + 1)))
-        } else {
-            None
-        };
+            placeholders.push((format!("${first}::bytea"), format!("${}::bytea", first + 1)));
+        }
         let m = sql::column_mask(
             column,
             kind,
             col.not_null,
             strategy,
             spec.on_unparsable,
-            placeholders.as_ref().map(|(i, o)| (i.as_str(), o.as_str())),
+            &placeholders,
         );
         masked.push(m.masked);
         unparsable.push(m.unparsable);

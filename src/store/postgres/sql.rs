@@ -328,6 +328,21 @@ fn hmac_text(v: &str, ipad: &str, opad: &str) -> String {
     format!("('hmac:' || encode(substring({h} FROM 1 FOR 16), 'hex'))")
 }
 
+/// HMAC of text `v`: an IP address gets an address pseudonym (still an IP
+/// to downstream parsers), any other text (an email) a text one. Returns
+/// (already a pseudonym or NULL, the pseudonym).
+fn hmac_any_text(v: &str, ipad: &str, opad: &str) -> (String, String) {
+    let p = format!("{PARSE_INET}({v})");
+    (
+        format!("({v} IS NULL OR coalesce({p} <<= '{HMAC_NETWORK}'::inet, false) OR {v} ~ '{HMAC_TEXT_PATTERN}')"),
+        format!(
+            "(CASE WHEN {p} IS NOT NULL THEN host({}) ELSE {} END)",
+            hmac_inet(&p, ipad, opad),
+            hmac_text(v, ipad, opad)
+        ),
+    )
+}
+
 /// A value [`hmac_text`] produced.
 const HMAC_TEXT_PATTERN: &str = "^hmac:[0-9a-f]{32}$";
 
@@ -339,7 +354,7 @@ pub fn column_mask(
     not_null: bool,
     strategy: &MaskStrategy,
     on_unparsable: OnUnparsable,
-    params: Option<(&str, &str)>,
+    params: &[(String, String)],
 ) -> ColumnMask {
     let c = format!("t.{}", quote_ident(column));
     // A row is updated when any of its masked columns is not masked yet;
@@ -358,7 +373,11 @@ pub fn column_mask(
             format!("{} = {expr}", quote_ident(column))
         }
     };
-    let (ipad, opad) = params.unwrap_or(("NULL::bytea", "NULL::bytea"));
+    let (ipad, opad) = params
+        .first()
+        .map_or(("NULL::bytea", "NULL::bytea"), |(i, o)| {
+            (i.as_str(), o.as_str())
+        });
     let simple = |masked: String, expr: String| ColumnMask {
         assignment: assign(expr.clone(), &masked),
         value: expr,
@@ -388,20 +407,11 @@ pub fn column_mask(
             format!("({})::cidr", hmac_inet(&format!("{c}::inet"), ipad, opad)),
         ),
         (MaskStrategy::Hmac { .. }, _) => {
-            // Text: an IP address gets an address pseudonym (still an IP to
-            // downstream parsers); any other text, e.g. an email, a text one.
-            let p = format!("{PARSE_INET}({c})");
-            simple(
-                format!("({c} IS NULL OR coalesce({p} <<= '{HMAC_NETWORK}'::inet, false) OR {c} ~ '{HMAC_TEXT_PATTERN}')"),
-                format!(
-                    "(CASE WHEN {p} IS NOT NULL THEN host({}) ELSE {} END)",
-                    hmac_inet(&p, ipad, opad),
-                    hmac_text(&c, ipad, opad)
-                ),
-            )
+            let (masked, value) = hmac_any_text(&c, ipad, opad);
+            simple(masked, value)
         }
         (MaskStrategy::Json(paths), _) => {
-            json_mask(&quote_ident(column), &c, kind, paths, on_unparsable)
+            json_mask(&quote_ident(column), &c, kind, paths, on_unparsable, params)
         }
         (MaskStrategy::IpPrefix { keep_port }, _) => {
             // ip_prefix on text holding IP addresses, in the forms real
@@ -455,8 +465,11 @@ fn json_mask(
     kind: ColumnKind,
     paths: &[(Vec<String>, MaskStrategy)],
     on_unparsable: OnUnparsable,
+    params: &[(String, String)],
 ) -> ColumnMask {
     let (mut masked, mut unparsable) = (Vec::new(), Vec::new());
+    // One pair of pads per hmac path, in path order.
+    let mut pads = params.iter();
     let mut value = c.to_string();
     for (keys, strategy) in paths {
         let path = format!(
@@ -490,10 +503,18 @@ fn json_mask(
                     format!("(CASE WHEN {m} IS NULL THEN {replacement} ELSE to_jsonb({m}) END)"),
                 )
             }
-            // Refused when the rule was resolved.
-            MaskStrategy::Hmac { .. } | MaskStrategy::Json(_) => {
-                ("true".to_string(), current.clone())
+            MaskStrategy::Hmac { .. } => {
+                let (ipad, opad) = pads
+                    .next()
+                    .map_or(("NULL::bytea", "NULL::bytea"), |(i, o)| {
+                        (i.as_str(), o.as_str())
+                    });
+                let (done, pseudonym) = hmac_any_text(&text, ipad, opad);
+                (done, format!("to_jsonb({pseudonym})"))
             }
+            // A path's strategy is never a set of paths (the config
+            // cannot say it).
+            MaskStrategy::Json(_) => ("true".to_string(), current.clone()),
         };
         let new = format!("(CASE WHEN {done} THEN NULL ELSE {new} END)");
         value = match kind {
