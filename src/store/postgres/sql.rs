@@ -623,7 +623,7 @@ mod tests {
                 key: b"s3cret".to_vec(),
             },
             OnUnparsable::Replace,
-            Some(("$2", "$3")),
+            &[("$2".to_string(), "$3".to_string())],
         );
         assert!(!m.assignment.contains("s3cret"));
         assert!(m.assignment.contains("$2") && m.assignment.contains("$3"));
