@@ -63,3 +63,23 @@ CREATE TABLE uploads (
     account_id  bigint REFERENCES accounts(id),
     uploaded_at timestamptz NOT NULL
 );
+
+-- Chat server: client IPs per access token, unique per (user, token, ip);
+-- two IPs of one token in the same /24 collide when masked.
+CREATE TABLE user_ips (
+    user_id      text NOT NULL,
+    access_token text NOT NULL,
+    device_id    text,
+    ip           text NOT NULL,          -- 'a.b.c.d', '::ffff:a.b.c.d', 'a.b.c.d:port'
+    user_agent   text,
+    last_seen    bigint NOT NULL,        -- milliseconds since the epoch
+    UNIQUE (user_id, access_token, ip)
+);
+
+-- Identity provider: an audit log whose payload holds personal data.
+CREATE TABLE audit_log_entries (
+    id          uuid PRIMARY KEY,
+    payload     json,                    -- {"actor_username": ..., "traits": {"ip": ...}, ...}
+    created_at  timestamptz NOT NULL,
+    ip_address  varchar(64) NOT NULL DEFAULT ''   -- '' when unknown; may be 'a, b' (forwarded-for)
+);

@@ -407,7 +407,14 @@ async fn ages_the_real_schemas_example_checks_and_runs_exactly() {
                (1, '2026-11-30 22:00:00+00'),   -- free, 2 hours: due
                (1, '2026-11-30 23:30:00+00'),   -- free, 30 minutes: kept
                (2, '2026-11-28 00:00:00+00'),   -- paid, 3 days: kept
-               (3, '2026-11-20 00:00:00+00');   -- no plan: 7 days, due",
+               (3, '2026-11-20 00:00:00+00');   -- no plan: 7 days, due
+             INSERT INTO user_ips VALUES
+               ('@a:x', 'tok', NULL, '198.51.100.7', NULL, 1790000000000),
+               ('@a:x', 'tok', NULL, '198.51.100.9:4242', NULL, 1790000000001),   -- masks to the same: deleted
+               ('@a:x', 'tok', NULL, '::ffff:203.0.113.5', NULL, 1790000000002);
+             INSERT INTO audit_log_entries VALUES
+               (gen_random_uuid(), '{\"actor_username\": \"alice\", \"traits\": {\"ip\": \"198.51.100.7\"}, \"action\": \"login\"}', '2026-01-01', '203.0.113.9, 198.51.100.4'),
+               (gen_random_uuid(), '{\"action\": \"logout\"}', '2026-01-01', '');",
         )
         .await;
     let key = env.key.display().to_string();
@@ -456,6 +463,27 @@ async fn ages_the_real_schemas_example_checks_and_runs_exactly() {
     // 400 days before 2026-12-01 is 2025-10-27: that day's midnight is due.
     assert_eq!(affected("usage-daily-400d"), 1, "{run}");
     assert_eq!(affected("uploads-by-plan"), 2, "{run}");
+    let ips = run.rule("user-ips-anonymized-30d");
+    assert_eq!(
+        (
+            ips["affected"].as_i64(),
+            ips["conflicts"].as_i64(),
+            ips["conflicts_deleted"].as_i64()
+        ),
+        (Some(2), Some(1), Some(1)),
+        "{run}"
+    );
+    assert_eq!(
+        env.db.strings("SELECT ip FROM user_ips ORDER BY ip").await,
+        ["198.51.100.0", "::ffff:203.0.113.0"]
+    );
+    assert_eq!(affected("audit-log-personal-data-90d"), 1, "{run}");
+    assert_eq!(
+        env.db
+            .strings("SELECT concat_ws('|', payload->>'actor_username', payload->'traits'->>'ip', ip_address) FROM audit_log_entries ORDER BY ip_address DESC")
+            .await,
+        ["redacted|198.51.100.0|203.0.113.0, 198.51.100.0", ""]
+    );
     assert_eq!(
         plan.rule("uploads-by-plan")["keep_distribution"],
         serde_json::json!([{"keep": "1h", "rows": 2}, {"keep": "7d", "rows": 2}]),
