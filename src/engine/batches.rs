@@ -214,7 +214,8 @@ pub async fn execute(
                 claim_checked = std::time::Instant::now();
             }
             let hi = lo.saturating_add(window).min(pages);
-            let remaining = cap.map(|c| c - done.affected);
+            // Conflicting rows a mask deletes count against the cap too.
+            let remaining = cap.map(|c| c - done.affected - done.conflicts_deleted);
             let durable = run_id.map(|id| (id, done.totals()));
             let durable = durable.as_ref().map(|(id, t)| (*id, t));
             match batch_with_retries(
@@ -550,7 +551,7 @@ async fn one_batch(
         tx.rollback().await?;
         return Ok(Attempt::TooLarge(changed));
     }
-    if remaining.is_some_and(|r| changed > r) {
+    if remaining.is_some_and(|r| changed + c.conflicts_deleted > r) {
         tx.rollback().await?;
         return Ok(Attempt::OverCap(changed));
     }
