@@ -159,8 +159,19 @@ async fn daemon_runs_on_schedule_and_serves_health_ready_metrics() {
         "a scheduled run",
     )
     .await;
-    let (status, metrics) = d.get("/metrics").unwrap();
-    assert_eq!(status, 200);
+    // The outcome record is written before the run's metrics are updated:
+    // wait for the metrics to catch up.
+    let start = Instant::now();
+    let metrics = loop {
+        let (status, metrics) = d.get("/metrics").unwrap();
+        assert_eq!(status, 200);
+        if metrics.contains("retentiond_rows_deleted_total{rule=\"t-30d\"} 16")
+            || start.elapsed() > Duration::from_secs(10)
+        {
+            break metrics;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     for line in [
         "retentiond_rows_deleted_total{rule=\"t-30d\"} 16",
         "retentiond_runs_total{outcome=\"ok\",rule=\"t-30d\"}",
