@@ -352,8 +352,9 @@ async fn check_store(
                 .collect();
             let fallback = others.first().copied().unwrap_or("created_at");
             notes.push(format!(
-                "rule `{}`: {}.{column} is nullable, and a row whose age is NULL never expires (plan and run count them as `null_age`); \
-                 if such rows should age by another column, use age_expr = \"coalesce(t.{column}, t.{fallback})\"",
+                "rule `{}`: {}.{column} is nullable, and a row whose age is NULL never expires (plan and run count them as `null_age`). \
+                 That is right when NULL means \"not yet\" (an account still open); only if such rows should age by another column, \
+                 use age_expr = \"coalesce(t.{column}, t.{fallback})\"",
                 rule.name, t.table
             ));
         }
