@@ -610,6 +610,19 @@ async fn mask_unique_key_conflicts_are_predicted_then_skipped_or_deleted() {
             .contains("would cascade into public.session_notes"),
         "{plan}"
     );
+    // Nor change them: ON DELETE SET NULL is refused as well.
+    env.db
+        .exec("DROP TABLE session_notes;
+               CREATE TABLE session_tags (id int primary key, session_id int REFERENCES sessions_ip(id) ON DELETE SET NULL);")
+        .await;
+    let plan = json_cmd("plan", &cfg, &[]);
+    assert!(
+        plan.rule("cascading")["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("would change public.session_tags (session_tags_session_id_fkey)"),
+        "{plan}"
+    );
 }
 
 /// `hmac` inside JSON paths: an email gets a text pseudonym, an IP an

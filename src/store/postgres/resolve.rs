@@ -185,6 +185,13 @@ pub async fn resolve(
                     ))
                     .into());
                 }
+                if let Some(setter) = schema::delete_setters(conn, &table).await?.first() {
+                    return Err(TargetError::new(format!(
+                        "on_conflict = \"delete\" on {}: deleting a row would change {} (ON DELETE SET NULL or SET DEFAULT), which masking does not promise; use on_conflict = \"skip\"",
+                        rule.table, setter
+                    ))
+                    .into());
+                }
                 m.delete_conflicts = Some(protect::protected(&tree));
             }
             Some(m)

@@ -323,6 +323,25 @@ pub async fn unique_keys(
         .collect())
 }
 
+/// Foreign keys whose `ON DELETE` changes other tables' rows without
+/// removing them (`SET NULL`, `SET DEFAULT`), as `child (constraint)`.
+pub async fn delete_setters(
+    conn: &mut PgConnection,
+    parent: &TableInfo,
+) -> Result<Vec<String>, SchemaError> {
+    let rows: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%s.%s (%s)', n.nspname, c.relname, con.conname) \
+         FROM pg_constraint con \
+         JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE con.contype = 'f' AND con.confdeltype IN ('n', 'd') AND con.conparentid = 0 \
+           AND con.confrelid = $1::int8::oid ORDER BY 1",
+    )
+    .bind(i64::from(parent.oid))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows)
+}
+
 /// Foreign keys that cascade deletes from `parent` into other tables.
 pub async fn cascades_from(
     conn: &mut PgConnection,
