@@ -56,11 +56,7 @@ async fn ages_epoch_integers_dates_and_timestamp_precision_expire_exactly_at_the
     ]
     .concat();
     let cfg = env.config(&body);
-    let check = retentiond(
-        &["check", "--online", "-c", &cfg.display().to_string()],
-        &[],
-    );
-    assert_eq!(check.code, 0, "{check}");
+    check_online_ok(&cfg);
 
     // Exactly at the cutoff: `age <= cutoff` expires, NULL never does.
     let plan = json_cmd("plan", &cfg, &["--at", AT]);
@@ -100,10 +96,7 @@ async fn ages_epoch_integers_dates_and_timestamp_precision_expire_exactly_at_the
         assert_eq!(rows, left, "{table}: {run}");
     }
     let (log, _) = export(&env);
-    let intent = log
-        .lines()
-        .find(|l| l.contains("\"run_intent\"") && l.contains("\"presence-ms\""))
-        .expect("an intent");
+    let intent = record(&log, "run_intent", "presence-ms");
     assert!(intent.contains("\"age_unit\":\"ms\""), "{intent}");
     assert!(intent.contains("\"null_age\":1"), "{intent}");
     assert!(
@@ -152,11 +145,7 @@ async fn ages_age_expr_over_several_columns_or_a_related_table_and_in_guards() {
     ]
     .concat();
     let cfg = env.config(&body);
-    let check = retentiond(
-        &["check", "--online", "-c", &cfg.display().to_string()],
-        &[],
-    );
-    assert_eq!(check.code, 0, "{check}");
+    check_online_ok(&cfg);
     let plan = json_cmd("plan", &cfg, &["--at", AT]);
     assert_eq!(plan.code, 0, "{plan}");
     assert_eq!(plan.rule("auth-sessions")["matched"], 2, "{plan}");
@@ -203,10 +192,7 @@ async fn ages_age_expr_over_several_columns_or_a_related_table_and_in_guards() {
         ["20"]
     );
     let (log, _) = export(&env);
-    let outcome = log
-        .lines()
-        .find(|l| l.contains("\"run_outcome\"") && l.contains("\"chat-sessions\""))
-        .expect("an outcome");
+    let outcome = record(&log, "run_outcome", "chat-sessions");
     assert!(
         outcome.contains(
             "\"age_expr\":\"(SELECT max(r.created_at) FROM chat_tokens r WHERE r.session_id = t.id)\""
@@ -316,11 +302,7 @@ async fn ages_nullable_age_columns_are_hinted_and_null_ages_reported() {
         )
         .await;
     let cfg = env.config(&rule("files", "files", "age = \"last_used\""));
-    let check = retentiond(
-        &["check", "--online", "-c", &cfg.display().to_string()],
-        &[],
-    );
-    assert_eq!(check.code, 0, "{check}");
+    let check = check_online_ok(&cfg);
     assert!(
         check.stdout.contains("files.last_used is nullable")
             && check
@@ -549,11 +531,7 @@ async fn ages_keep_expr_reads_each_rows_period_from_the_data_within_its_bounds()
     ]
     .concat();
     let cfg = env.config(&body);
-    let check = retentiond(
-        &["check", "--online", "-c", &cfg.display().to_string()],
-        &[],
-    );
-    assert_eq!(check.code, 0, "{check}");
+    let check = check_online_ok(&cfg);
     assert!(
         check.stdout.contains(
             "temp-files: delete uploaded_files after 1 hour to 7 days, per row (keep_expr)"
@@ -591,10 +569,7 @@ async fn ages_keep_expr_reads_each_rows_period_from_the_data_within_its_bounds()
         );
     }
     let (log, _) = export(&env);
-    let intent = log
-        .lines()
-        .find(|l| l.contains("\"run_intent\"") && l.contains("\"temp-files\""))
-        .expect("an intent");
+    let intent = record(&log, "run_intent", "temp-files");
     for field in [
         "\"keep\":\"1h..7d\"",
         "\"keep_min\":\"1h\"",
@@ -649,4 +624,21 @@ async fn ages_keep_expr_reads_each_rows_period_from_the_data_within_its_bounds()
         assert_eq!(out.code, 2, "{text}\n{out}");
         assert!(out.stderr.contains(expected), "{expected}: {out}");
     }
+}
+
+/// `check --online` on `cfg` passes; its output (for notes).
+fn check_online_ok(cfg: &std::path::Path) -> Out {
+    let out = retentiond(
+        &["check", "--online", "-c", &cfg.display().to_string()],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{out}");
+    out
+}
+
+/// The line of the first `kind` record of `rule` in an export.
+fn record<'a>(log: &'a str, kind: &str, rule: &str) -> &'a str {
+    log.lines()
+        .find(|l| l.contains(&format!("\"{kind}\"")) && l.contains(&format!("\"{rule}\"")))
+        .unwrap_or_else(|| panic!("no {kind} of {rule} in:\n{log}"))
 }
