@@ -1,7 +1,9 @@
--- Rows a mask rule with on_conflict = "delete" removed because their masked
--- form duplicated another row's unique key: removals, so they are counted
--- with each batch like every other one. No new grant: the runtime role's
--- rights on run_progress (docs/runtime-grants.sql) cover the column.
+-- Mask rules' unique-key conflicts, durable with each batch like every
+-- other count: the rows kept unmasked, and (with on_conflict = "delete") the
+-- rows deleted because their masked form duplicated another row's key,
+-- which are removals. No new grant: the runtime role's rights on
+-- run_progress (docs/runtime-grants.sql) cover the columns.
 
 ALTER TABLE retentiond.run_progress
+    ADD COLUMN conflicts bigint NOT NULL DEFAULT 0,
     ADD COLUMN conflicts_deleted bigint NOT NULL DEFAULT 0;

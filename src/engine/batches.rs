@@ -58,6 +58,9 @@ pub struct Executed {
     pub blob_failures: (i64, Option<String>),
     /// The first constraint that refused a row's change (the row is kept).
     pub refused: Option<String>,
+    /// Mask rules: due rows kept unmasked because a unique key refused
+    /// their masked form.
+    pub conflicts: i64,
     /// Mask rules with `on_conflict = "delete"`: rows deleted because a
     /// unique key refused their masked form.
     pub conflicts_deleted: i64,
@@ -81,6 +84,7 @@ impl Executed {
             skipped: BTreeMap::new(),
             blob_failures: (0, None),
             refused: None,
+            conflicts: 0,
             conflicts_deleted: 0,
             batches: 0,
             outcome: Outcome::Failed,
@@ -97,6 +101,7 @@ impl Executed {
             batches: self.batches,
             cascaded: self.cascaded.clone(),
             skipped: self.skipped.clone(),
+            conflicts: self.conflicts,
             conflicts_deleted: self.conflicts_deleted,
         }
     }
@@ -126,7 +131,9 @@ struct Committed {
     failed: (i64, Option<String>),
     /// The first constraint that refused a row's change.
     refused: Option<String>,
-    /// Conflicting rows deleted (`on_conflict = "delete"`).
+    /// Rows a unique key refused in masked form: kept, or deleted
+    /// (`on_conflict = "delete"`).
+    conflicts: i64,
     conflicts_deleted: i64,
 }
 
@@ -142,6 +149,7 @@ impl Committed {
         }
         add_all(&mut t.cascaded, self.cascaded.clone());
         add_all(&mut t.skipped, self.skipped.clone());
+        t.conflicts += self.conflicts;
         t.conflicts_deleted += self.conflicts_deleted;
     }
 }
@@ -180,6 +188,7 @@ pub async fn execute(
         skipped: BTreeMap::new(),
         blob_failures: (0, None),
         refused: None,
+        conflicts: 0,
         conflicts_deleted: 0,
         batches: 0,
         outcome: Outcome::Ok,
@@ -238,6 +247,7 @@ pub async fn execute(
                     done.kept += c.kept;
                     add_all(&mut done.cascaded, c.cascaded);
                     add_all(&mut done.skipped, c.skipped);
+                    done.conflicts += c.conflicts;
                     done.conflicts_deleted += c.conflicts_deleted;
                     done.blob_failures.0 += c.failed.0;
                     if done.blob_failures.1.is_none() {
@@ -290,7 +300,8 @@ pub async fn execute(
         let kept: i64 = [UNIQUE_VIOLATION, "foreign_key"]
             .iter()
             .filter_map(|k| done.skipped.get(*k))
-            .sum();
+            .sum::<i64>()
+            + done.conflicts;
         done.reason = Some(format!(
             "{kept} due row(s) kept because a constraint refused their change; first: {first}"
         ));
@@ -318,9 +329,6 @@ async fn heap_size(pg: &PgStore, leaf: &str) -> Result<(u32, f64), sqlx::Error> 
     Ok((pages, batch::tuples_per_page(&mut conn, leaf).await?))
 }
 
-/// A constraint one row breaks (a masked value a unique key refuses, a
-/// delete a `RESTRICT` / `NO ACTION` foreign key refuses): the reason it is
-/// counted under in `skipped`.
 /// With `on_conflict = "delete"`, deletes a row whose masked form a unique
 /// key refused, unless a guard or hold keeps it (or a foreign key refuses
 /// the delete): true when it went.
@@ -352,9 +360,12 @@ async fn delete_conflict(
 }
 
 /// The `skipped` reason of a row whose change a unique key refused (a
-/// mask rule's conflict).
-pub const UNIQUE_VIOLATION: &str = "unique_violation";
+/// mask rule counts it as a conflict instead).
+const UNIQUE_VIOLATION: &str = "unique_violation";
 
+/// A constraint one row breaks (a masked value a unique key refuses, a
+/// delete a `RESTRICT` / `NO ACTION` foreign key refuses): the reason it is
+/// counted under in `skipped`.
 fn row_refusal(e: &sqlx::Error) -> Option<&'static str> {
     match e.as_database_error().and_then(|d| d.code()).as_deref() {
         Some("23505") => Some(UNIQUE_VIOLATION),
@@ -460,13 +471,15 @@ async fn one_batch(
                         Some(reason) => {
                             batch::savepoint(&mut tx, "ROLLBACK TO SAVEPOINT retentiond_row")
                                 .await?;
-                            if reason == UNIQUE_VIOLATION
-                                && delete_conflict(&mut tx, resolved, leaf, &tid).await?
-                            {
-                                c.conflicts_deleted += 1;
-                                continue;
+                            if reason == UNIQUE_VIOLATION && resolved.mask.is_some() {
+                                if delete_conflict(&mut tx, resolved, leaf, &tid).await? {
+                                    c.conflicts_deleted += 1;
+                                    continue;
+                                }
+                                c.conflicts += 1;
+                            } else {
+                                *c.skipped.entry(reason.to_string()).or_default() += 1;
                             }
-                            *c.skipped.entry(reason.to_string()).or_default() += 1;
                             c.refused.get_or_insert_with(|| describe_db_error(&e));
                         }
                         None => return Err(e),
@@ -561,8 +574,10 @@ async fn one_batch(
         let after = batch::deleted_counters(&mut tx, resolved).await?;
         c.cascaded = batch::cascaded_between(resolved, &counters, &after, changed);
     }
-    let changed_anything =
-        changed > 0 || !c.skipped.is_empty() || c.objects > 0 || c.conflicts_deleted > 0;
+    let changed_anything = changed > 0
+        || !c.skipped.is_empty()
+        || c.objects > 0
+        || c.conflicts + c.conflicts_deleted > 0;
     if let Some((run_id, so_far)) = durable.filter(|_| changed_anything) {
         // The count commits with the batch, or neither does.
         let mut next = so_far.clone();

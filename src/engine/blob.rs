@@ -121,7 +121,7 @@ pub async fn execute(
                 batches: done.batches,
                 cascaded: BTreeMap::new(),
                 skipped: done.skipped.clone(),
-                conflicts_deleted: 0,
+                ..Totals::default()
             };
             let written = match pool.acquire().await {
                 Ok(mut conn) => progress::record(&mut conn, run_id, &rule.name, &totals).await,

@@ -205,9 +205,9 @@ impl Runner<'_> {
                     host()
                 ),
             };
-            let mut t = found.map(|p| p.totals).unwrap_or_default();
-            let conflicts = (rule.action_name() == "mask")
-                .then(|| split_conflicts(&mut t.skipped) + t.conflicts_deleted);
+            let t = found.map(|p| p.totals).unwrap_or_default();
+            let conflicts =
+                (rule.action_name() == "mask").then_some(t.conflicts + t.conflicts_deleted);
             let conflicts_deleted = (t.conflicts_deleted > 0).then_some(t.conflicts_deleted);
             let with_objects = rule.is_blob() || t.objects > 0 || t.bytes > 0;
             let outcome = RunOutcome {
@@ -366,8 +366,7 @@ impl Runner<'_> {
                 report.cascaded = done.cascaded;
                 report.skipped = done.skipped;
                 if report.action == "mask" {
-                    let kept = split_conflicts(&mut report.skipped);
-                    report.conflicts = Some(kept + done.conflicts_deleted);
+                    report.conflicts = Some(done.conflicts + done.conflicts_deleted);
                     report.conflicts_deleted =
                         (done.conflicts_deleted > 0).then_some(done.conflicts_deleted);
                 }
@@ -442,24 +441,11 @@ fn totals_of(report: &RuleReport) -> Totals {
         bytes: i64::try_from(report.bytes.unwrap_or(0)).unwrap_or(i64::MAX),
         batches: report.batches,
         cascaded: report.cascaded.clone(),
-        // Conflicts were split out of the batches' skipped rows; the
-        // progress row keeps them there, as the batches wrote them.
-        skipped: {
-            let mut s = report.skipped.clone();
-            let kept = report.conflicts.unwrap_or(0) - report.conflicts_deleted.unwrap_or(0);
-            if kept > 0 {
-                s.insert(batches::UNIQUE_VIOLATION.to_string(), kept);
-            }
-            s
-        },
+        skipped: report.skipped.clone(),
+        // `conflicts` counts the deleted ones too; the row keeps them apart.
+        conflicts: report.conflicts.unwrap_or(0) - report.conflicts_deleted.unwrap_or(0),
         conflicts_deleted: report.conflicts_deleted.unwrap_or(0),
     }
-}
-
-/// A mask the unique key refused is a conflict (its own count, not a
-/// skip); batches record it among the skipped rows by its SQLSTATE name.
-fn split_conflicts(skipped: &mut std::collections::BTreeMap<String, i64>) -> i64 {
-    skipped.remove(batches::UNIQUE_VIOLATION).unwrap_or(0)
 }
 
 fn table_age(rule: &Rule) -> Option<&crate::config::Age> {

@@ -27,6 +27,10 @@ pub struct Totals {
     pub cascaded: BTreeMap<String, i64>,
     /// Items kept because they could not be touched safely, by reason.
     pub skipped: BTreeMap<String, i64>,
+    /// Mask rules: rows kept unmasked because a unique key refused their
+    /// masked form.
+    #[serde(default)]
+    pub conflicts: i64,
     /// Mask rules with `on_conflict = "delete"`: rows deleted because
     /// their masked form duplicated another row's unique key.
     #[serde(default)]
@@ -73,11 +77,12 @@ pub async fn record(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO retentiond.run_progress AS p \
-             (run_id, rule, affected, objects, bytes, batches, cascaded, skipped, conflicts_deleted, updated) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now()) \
+             (run_id, rule, affected, objects, bytes, batches, cascaded, skipped, conflicts, conflicts_deleted, updated) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now()) \
          ON CONFLICT (run_id) DO UPDATE SET affected = EXCLUDED.affected, objects = EXCLUDED.objects, \
              bytes = EXCLUDED.bytes, batches = EXCLUDED.batches, cascaded = EXCLUDED.cascaded, \
-             skipped = EXCLUDED.skipped, conflicts_deleted = EXCLUDED.conflicts_deleted, updated = now()",
+             skipped = EXCLUDED.skipped, conflicts = EXCLUDED.conflicts, \
+             conflicts_deleted = EXCLUDED.conflicts_deleted, updated = now()",
     )
     .bind(run_id)
     .bind(rule)
@@ -87,6 +92,7 @@ pub async fn record(
     .bind(t.batches)
     .bind(Json(&t.cascaded))
     .bind(Json(&t.skipped))
+    .bind(t.conflicts)
     .bind(t.conflicts_deleted)
     .execute(conn)
     .await?;
@@ -96,7 +102,8 @@ pub async fn record(
 /// The row of `run_id`, if the run wrote one.
 pub async fn read(pool: &PgPool, run_id: &str) -> Result<Option<Found>, sqlx::Error> {
     let Some(r) = sqlx::query(
-        "SELECT affected, objects, bytes, batches, cascaded, skipped, conflicts_deleted, outcome, outcome_error \
+        "SELECT affected, objects, bytes, batches, cascaded, skipped, conflicts, conflicts_deleted, \
+                outcome, outcome_error \
          FROM retentiond.run_progress WHERE run_id = $1",
     )
     .bind(run_id)
@@ -117,6 +124,7 @@ pub async fn read(pool: &PgPool, run_id: &str) -> Result<Option<Found>, sqlx::Er
             batches: r.try_get("batches")?,
             cascaded,
             skipped,
+            conflicts: r.try_get("conflicts")?,
             conflicts_deleted: r.try_get("conflicts_deleted")?,
         },
         unwritten: outcome.map(|o| (o, error.unwrap_or_default())),
