@@ -1102,13 +1102,12 @@ fn age(
         }
     };
     let (source, span) = match (column, expr) {
-        (Some(c), Some(e)) => {
+        (Some(_), Some(e)) => {
             cx.err(
                 e.span(),
                 "`age` and `age_expr` both given",
                 format!("a {what}'s age is one column (`age`) or one expression (`age_expr`); remove one"),
             );
-            let _ = c;
             return None;
         }
         (Some(_), None) => {

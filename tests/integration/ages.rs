@@ -404,31 +404,15 @@ async fn ages_the_real_schemas_example_checks_and_runs_exactly() {
     let cfg = format!("{root}/examples/real-schemas.toml");
     let check = retentiond(&["check", "--online", "-c", &cfg], &vars);
     assert_eq!(check.code, 0, "{check}");
-    let plan = retentiond(
-        &[
-            "plan",
-            "-c",
-            &cfg,
-            "--format",
-            "json",
-            "--at",
-            "2026-12-01T00:00:00Z",
-        ],
-        &vars,
-    );
+    let cfg_path = std::path::Path::new(&cfg);
+    let at = ["--at", "2026-12-01T00:00:00Z"];
+    let plan = json_cmd_with("plan", cfg_path, &at, &vars);
     assert_eq!(plan.code, 0, "{plan}");
     assert_eq!(plan.rule("room-stats-1y")["null_age"], 1, "{plan}");
-    let run = retentiond(
-        &[
-            "run",
-            "-c",
-            &cfg,
-            "--format",
-            "json",
-            "--at",
-            "2026-12-01T00:00:00Z",
-            "--allow-large",
-        ],
+    let run = json_cmd_with(
+        "run",
+        cfg_path,
+        &[&at[..], &["--allow-large"]].concat(),
         &vars,
     );
     assert_eq!(run.code, 0, "{run}");

@@ -84,14 +84,13 @@ pub async fn resolve(
         AgeSource::Expr(expr) => {
             let (type_name, sql_type) = expr_type(conn, table, name, "age_expr", expr).await?;
             let what = format!("`age_expr` yields {sql_type}");
-            let time = match type_name.as_str() {
-                "timestamptz" => Some(AgeType::Timestamptz),
-                "timestamp" => Some(AgeType::Timestamp),
-                "date" => Some(AgeType::Date),
-                _ => None,
-            };
-            let integer = matches!(type_name.as_str(), "int2" | "int4" | "int8");
-            let ty = checked(time, integer, age, &what, String::new)?;
+            let ty = checked(
+                AgeType::of_time(&type_name),
+                AgeType::is_integer(&type_name),
+                age,
+                &what,
+                String::new,
+            )?;
             Ok(ResolvedAge {
                 ty,
                 source: age.source.clone(),

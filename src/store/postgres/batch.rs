@@ -195,12 +195,9 @@ pub async fn keep_distribution(
     let Some(iv) = &rule.keep_interval else {
         return Ok(Vec::new());
     };
-    let filter = filter.map_or_else(
-        || "true".to_string(),
-        |f| format!("{} IS TRUE", sql::user_expr(f)),
-    );
+    let inside = sql::and_where("true", filter);
     let rows: Vec<(sqlx::postgres::types::PgInterval, i64)> = sqlx::query_as(&format!(
-        "SELECT {iv} AS k, count(*)::int8 FROM {} AS t WHERE {filter} GROUP BY 1 ORDER BY 1",
+        "SELECT {iv} AS k, count(*)::int8 FROM {} AS t WHERE {inside} GROUP BY 1 ORDER BY 1",
         rule.table.quoted
     ))
     .fetch_all(conn)

@@ -129,14 +129,7 @@ pub async fn resolve(
         }
     };
     let due = sql::due(&age.sql("t"), &row_cutoff, rule.filter.as_deref());
-    let null_age = match &rule.filter {
-        Some(f) => format!(
-            "({} IS NULL AND {} IS TRUE)",
-            age.sql("t"),
-            sql::user_expr(f)
-        ),
-        None => format!("({} IS NULL)", age.sql("t")),
-    };
+    let null_age = sql::and_where(&format!("{} IS NULL", age.sql("t")), rule.filter.as_deref());
     let (protected, protected_by, mut notes, cascaded) = match &rule.action {
         TableAction::Delete => {
             let tree = CascadeTree::load(conn, config, store, &table, &rule.table, at).await?;

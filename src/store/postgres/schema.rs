@@ -44,10 +44,11 @@ pub enum AgeType {
     Epoch(crate::config::EpochUnit),
 }
 
-impl ColumnInfo {
-    /// The column as an age column, if its type is one.
-    pub fn age_type(&self) -> Option<AgeType> {
-        match self.type_name.as_str() {
+impl AgeType {
+    /// The time a value of type `type_name` (`pg_type.typname`) is, if it
+    /// is one.
+    pub fn of_time(type_name: &str) -> Option<AgeType> {
+        match type_name {
             "timestamptz" => Some(AgeType::Timestamptz),
             "timestamp" => Some(AgeType::Timestamp),
             "date" => Some(AgeType::Date),
@@ -55,9 +56,21 @@ impl ColumnInfo {
         }
     }
 
+    /// True for integer types (an age with `age_unit`).
+    pub fn is_integer(type_name: &str) -> bool {
+        matches!(type_name, "int2" | "int4" | "int8")
+    }
+}
+
+impl ColumnInfo {
+    /// The column as an age column, if its type is a time.
+    pub fn age_type(&self) -> Option<AgeType> {
+        AgeType::of_time(&self.type_name)
+    }
+
     /// True for integer columns (an age with `age_unit`).
     pub fn is_integer(&self) -> bool {
-        matches!(self.type_name.as_str(), "int2" | "int4" | "int8")
+        AgeType::is_integer(&self.type_name)
     }
 
     /// True for `text`/`varchar` columns.

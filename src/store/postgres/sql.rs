@@ -96,7 +96,12 @@ pub fn age_as_timestamptz(age: &str, ty: AgeType) -> String {
 /// Rows at or before the cutoff (NULL never is) and inside `where`; `age`
 /// is the row's age as SQL (see `age::ResolvedAge::sql`).
 pub fn due(age: &str, cutoff: &str, filter: Option<&str>) -> String {
-    let base = format!("{age} <= {cutoff}");
+    and_where(&format!("{age} <= {cutoff}"), filter)
+}
+
+/// `base` for the rows inside the rule's `where` (a NULL `where` is
+/// outside, as for deletion).
+pub fn and_where(base: &str, filter: Option<&str>) -> String {
     match filter {
         Some(f) => format!("({base} AND {} IS TRUE)", user_expr(f)),
         None => format!("({base})"),
