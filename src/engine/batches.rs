@@ -11,7 +11,6 @@ use crate::store::postgres::batch;
 use crate::store::postgres::progress::{self, Totals};
 use crate::store::postgres::resolve::ResolvedRule;
 use crate::store::postgres::{schema, PgStore};
-use sqlx::Connection;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -66,6 +65,11 @@ pub struct Executed {
     pub conflicts_deleted: i64,
     /// Batches committed.
     pub batches: i64,
+    /// False when the batches committed asynchronously and the final
+    /// synchronous write failed: the counts may include batches a server
+    /// crash undid, so no outcome record may claim them (the next run
+    /// records this one from what the database kept).
+    pub durable: bool,
     /// `ok`, `refused`, `failed` or `interrupted`.
     pub outcome: Outcome,
     /// Why, when not ok.
@@ -75,6 +79,11 @@ pub struct Executed {
 impl Executed {
     /// A loop that never started.
     pub fn failed(reason: String) -> Executed {
+        Executed::none(Outcome::Failed, Some(reason))
+    }
+
+    /// Nothing done, ending `outcome`.
+    pub fn none(outcome: Outcome, reason: Option<String>) -> Executed {
         Executed {
             affected: 0,
             objects: 0,
@@ -87,8 +96,9 @@ impl Executed {
             conflicts: 0,
             conflicts_deleted: 0,
             batches: 0,
-            outcome: Outcome::Failed,
-            reason: Some(reason),
+            durable: true,
+            outcome,
+            reason,
         }
     }
 
@@ -165,6 +175,12 @@ enum Attempt {
 }
 
 /// Executes a resolved rule. `cap` is the most rows the run may change.
+///
+/// Batches of a run (`run_id`) without linked objects commit
+/// asynchronously (see [`batch::begin`]); before returning, the run's
+/// totals are written once more with a synchronous commit, which makes
+/// every batch before it durable. When that last write fails, the result
+/// says so ([`Executed::durable`]) and no outcome may claim its counts.
 #[allow(clippy::too_many_arguments)]
 pub async fn execute(
     pg: &PgStore,
@@ -178,25 +194,63 @@ pub async fn execute(
     expected: i64,
     run_id: Option<&str>,
 ) -> Executed {
-    let mut claim_checked = std::time::Instant::now();
-    let mut done = Executed {
-        affected: 0,
-        objects: 0,
-        bytes: 0,
-        kept: 0,
-        cascaded: BTreeMap::new(),
-        skipped: BTreeMap::new(),
-        blob_failures: (0, None),
-        refused: None,
-        conflicts: 0,
-        conflicts_deleted: 0,
-        batches: 0,
-        outcome: Outcome::Ok,
-        reason: None,
+    let mut conn = match pg.pool.acquire().await {
+        Ok(c) => c,
+        Err(e) => return Executed::failed(describe_db_error(&e)),
     };
+    // Objects deleted in a store cannot come back with a lost commit:
+    // their rows' batches wait for the flush.
+    let relaxed = run_id.filter(|_| link.is_none());
+    let mut done = batches(
+        &mut conn,
+        rule,
+        resolved,
+        cap,
+        cancel,
+        claim,
+        link,
+        progress,
+        expected,
+        run_id,
+        relaxed.is_some(),
+    )
+    .await;
+    // Batches that changed anything wrote the totals.
+    if let Some(run_id) = relaxed.filter(|_| done.totals() != Totals::default()) {
+        if let Err(e) = progress::record(&mut conn, run_id, &rule.name, &done.totals()).await {
+            done.durable = false;
+            let reason = format!(
+                "{}could not confirm that the last batches are durable ({}); the next run records this run \
+                 with the counts the database kept",
+                done.reason.as_ref().map(|r| format!("{r}; ")).unwrap_or_default(),
+                describe_db_error(&e)
+            );
+            return done.stop(Outcome::Failed, reason);
+        }
+    }
+    done
+}
+
+/// The batch loop of [`execute`], on one connection.
+#[allow(clippy::too_many_arguments)]
+async fn batches(
+    conn: &mut sqlx::PgConnection,
+    rule: &Rule,
+    resolved: &ResolvedRule,
+    cap: Option<i64>,
+    cancel: &Cancel,
+    claim: Option<&Claim>,
+    link: Option<&Linked<'_>>,
+    progress: &(dyn Progress + Sync),
+    expected: i64,
+    run_id: Option<&str>,
+    relaxed: bool,
+) -> Executed {
+    let mut claim_checked = std::time::Instant::now();
+    let mut done = Executed::none(Outcome::Ok, None);
     let limit = i64::from(rule.settings.batch_size);
     for leaf in &resolved.leaves {
-        let (pages, per_page) = match heap_size(pg, leaf).await {
+        let (pages, per_page) = match heap_size(conn, leaf).await {
             Ok(s) => s,
             Err(e) => return done.stop(Outcome::Failed, describe_db_error(&e)),
         };
@@ -227,8 +281,9 @@ pub async fn execute(
             let remaining = cap.map(|c| c - done.affected - done.conflicts_deleted);
             let durable = run_id.map(|id| (id, done.totals()));
             let durable = durable.as_ref().map(|(id, t)| (*id, t));
+            let started = std::time::Instant::now();
             match batch_with_retries(
-                pg,
+                conn,
                 rule,
                 resolved,
                 link,
@@ -237,6 +292,7 @@ pub async fn execute(
                 limit,
                 remaining,
                 durable,
+                relaxed,
             )
             .await
             {
@@ -260,11 +316,16 @@ pub async fn execute(
                         done.batches += 1;
                         done.affected += changed;
                         progress.batch_done(&rule.name, done.affected, expected);
+                        tracing::debug!(
+                            rule = %rule.name,
+                            rows = changed,
+                            pages = hi - lo,
+                            ms = started.elapsed().as_secs_f64() * 1e3,
+                            "Batch committed."
+                        );
                     }
+                    window = next_window(hi - lo, changed, limit);
                     lo = hi;
-                    if changed < limit / 2 {
-                        window = window.saturating_mul(2).min(MAX_WINDOW_PAGES);
-                    }
                 }
                 Ok(Attempt::TooLarge(changed)) => {
                     // Denser than the window assumed: shrink it to fit and
@@ -318,15 +379,28 @@ fn add_all(into: &mut BTreeMap<String, i64>, more: BTreeMap<String, i64>) {
 
 /// Pages in the leaf's heap now (rows added later are new, hence not due)
 /// and the statistics' tuples per page.
-async fn heap_size(pg: &PgStore, leaf: &str) -> Result<(u32, f64), sqlx::Error> {
-    let mut conn = pg.pool.acquire().await?;
-    let pages = schema::relpages(&mut conn, leaf)
+async fn heap_size(conn: &mut sqlx::PgConnection, leaf: &str) -> Result<(u32, f64), sqlx::Error> {
+    let pages = schema::relpages(&mut *conn, leaf)
         .await
         .map_err(|e| match e {
             schema::SchemaError::Db(e) => e,
             schema::SchemaError::Target(t) => sqlx::Error::Protocol(t.message),
         })?;
-    Ok((pages, batch::tuples_per_page(&mut conn, leaf).await?))
+    Ok((pages, batch::tuples_per_page(conn, leaf).await?))
+}
+
+/// The next window after `pages` pages changed `changed` rows: sized so
+/// the next batch holds about nine tenths of `limit` if the density stays
+/// the same, growing at most fourfold a step (a batch that overshoots is
+/// rolled back and redone smaller, which costs more than a small batch).
+fn next_window(pages: u32, changed: i64, limit: i64) -> u32 {
+    let pages = u64::from(pages.max(1));
+    let grown = pages.saturating_mul(4);
+    let fit = match u64::try_from(changed) {
+        Ok(c) if c > 0 => pages * (limit.max(1) as u64) * 9 / 10 / c,
+        _ => grown,
+    };
+    fit.clamp(1, grown.min(u64::from(MAX_WINDOW_PAGES))) as u32
 }
 
 /// With `on_conflict = "delete"`, deletes a row whose masked form a unique
@@ -383,7 +457,7 @@ fn is_retryable(e: &sqlx::Error) -> bool {
 
 #[allow(clippy::too_many_arguments)]
 async fn batch_with_retries(
-    pg: &PgStore,
+    conn: &mut sqlx::PgConnection,
     rule: &Rule,
     resolved: &ResolvedRule,
     link: Option<&Linked<'_>>,
@@ -392,12 +466,14 @@ async fn batch_with_retries(
     limit: i64,
     remaining: Option<i64>,
     durable: Option<(&str, &Totals)>,
+    relaxed: bool,
 ) -> Result<Attempt, sqlx::Error> {
     let mut attempt = 0;
     let mut row_by_row = false;
     loop {
         match one_batch(
-            pg, rule, resolved, link, leaf, window, limit, remaining, durable, row_by_row,
+            conn, rule, resolved, link, leaf, window, limit, remaining, durable, row_by_row,
+            relaxed,
         )
         .await
         {
@@ -418,7 +494,7 @@ async fn batch_with_retries(
 /// One batch in one REPEATABLE READ transaction with local timeouts.
 #[allow(clippy::too_many_arguments)]
 async fn one_batch(
-    pg: &PgStore,
+    conn: &mut sqlx::PgConnection,
     rule: &Rule,
     resolved: &ResolvedRule,
     link: Option<&Linked<'_>>,
@@ -428,18 +504,14 @@ async fn one_batch(
     remaining: Option<i64>,
     durable: Option<(&str, &Totals)>,
     row_by_row: bool,
+    relaxed: bool,
 ) -> Result<Attempt, sqlx::Error> {
-    let mut conn = pg.pool.acquire().await?;
-    let mut tx = conn.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(
-        "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true)",
+    let mut tx = batch::begin(
+        conn,
+        rule.settings.lock_timeout,
+        rule.settings.statement_timeout,
+        relaxed && durable.is_some(),
     )
-    .bind(format!("{}ms", rule.settings.lock_timeout.as_millis()))
-    .bind(format!("{}ms", rule.settings.statement_timeout.as_millis()))
-    .execute(&mut *tx)
     .await?;
     let counters = batch::deleted_counters(&mut tx, resolved).await?;
     let mut c = Committed::default();

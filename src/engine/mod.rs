@@ -342,7 +342,12 @@ impl Runner<'_> {
                     }),
                     crate::config::Target::Prefix(_) => None,
                 };
+                // The exact count just found nothing to change (a second
+                // pass over masked rows, a rule already kept): walking the
+                // heap would find nothing either.
+                let nothing = report.matched == 0 && report.conflicts.unwrap_or(0) == 0;
                 let done = match pg {
+                    Some(_) if nothing => batches::Executed::none(Outcome::Ok, None),
                     Some(pg) => {
                         batches::execute(
                             pg,
@@ -362,6 +367,9 @@ impl Runner<'_> {
                         batches::Executed::failed(format!("store `{}` is not open", rule.store))
                     }
                 };
+                if let (Some(pg), true) = (pg, done.durable) {
+                    analyze_changed(pg, rule, &resolved, &done, report.total).await;
+                }
                 report.affected = Some(done.affected);
                 report.cascaded = done.cascaded;
                 report.skipped = done.skipped;
@@ -378,6 +386,13 @@ impl Runner<'_> {
                 report.batches = done.batches;
                 report.outcome = done.outcome;
                 report.reason = done.reason;
+                if !done.durable {
+                    // Its counts may include batches a server crash undid:
+                    // leave the run open; the next run of the rule records
+                    // it from the progress row that survived with them.
+                    tracing::error!(rule = %rule.name, run_id = %run_id, "Could not confirm the run's last batches are durable; its outcome is left to the next run.");
+                    return report;
+                }
             }
             (Outcome::WouldRefuse, _, _) => {
                 report.outcome = Outcome::Refused;
@@ -430,6 +445,48 @@ impl Runner<'_> {
             "Rule run finished."
         );
         report
+    }
+}
+
+/// Refreshes the planner's statistics of the tables a run changed by more
+/// than a tenth. A failure is only logged: the purge itself is done.
+async fn analyze_changed(
+    pg: &crate::store::postgres::PgStore,
+    rule: &Rule,
+    resolved: &crate::store::postgres::resolve::ResolvedRule,
+    done: &batches::Executed,
+    total: i64,
+) {
+    let mut changed = vec![(
+        resolved.table.quoted.clone(),
+        done.affected + done.conflicts_deleted,
+        Some(total),
+    )];
+    for c in &resolved.cascaded {
+        if let Some(n) = done.cascaded.get(&c.name.to_string()) {
+            changed.push((c.quoted.clone(), *n, None));
+        }
+    }
+    if changed.iter().all(|(_, n, _)| *n == 0) {
+        return;
+    }
+    let analyzed = async {
+        let mut conn = pg.pool.acquire().await?;
+        crate::store::postgres::batch::analyze_changed(
+            &mut conn,
+            &changed,
+            rule.settings.lock_timeout,
+        )
+        .await
+    };
+    match analyzed.await {
+        Ok(tables) if !tables.is_empty() => {
+            tracing::info!(rule = %rule.name, tables = ?tables, "Analyzed the tables the run changed by more than a tenth.")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(rule = %rule.name, error = %crate::plan::describe_db_error(&e), "Could not ANALYZE after the purge; the planner's estimates stay stale until autovacuum does.")
+        }
     }
 }
 

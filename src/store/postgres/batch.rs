@@ -85,9 +85,12 @@ pub fn count_sql(rule: &ResolvedRule) -> String {
         })
         .unzip();
     // Names inside the LATERAL are prefixed: a hold's bare column names must
-    // resolve to the table, not to our helper columns.
+    // resolve to the table, not to our helper columns. Only due and
+    // NULL-age rows are read for the details (an index on the age can
+    // serve them); the total is a plain count the planner answers the
+    // cheapest way it knows, e.g. an index-only scan.
     format!(
-        "SELECT count(*)::int8 AS total, \
+        "SELECT (SELECT count(*) FROM {table})::int8 AS total, \
                 count(*) FILTER (WHERE x.retentiond_d AND NOT x.retentiond_m AND NOT x.retentiond_p)::int8 AS matched, \
                 count(*) FILTER (WHERE x.retentiond_d AND NOT x.retentiond_m AND x.retentiond_p)::int8 AS protected, \
                 count(*) FILTER (WHERE x.retentiond_d AND NOT x.retentiond_p AND x.retentiond_u)::int8 AS unparsable, \
@@ -100,7 +103,8 @@ pub fn count_sql(rule: &ResolvedRule) -> String {
                     CASE WHEN y.retentiond_d THEN {masked} ELSE false END AS retentiond_m, \
                     CASE WHEN y.retentiond_d THEN {protected} ELSE false END AS retentiond_p, \
                     CASE WHEN y.retentiond_d THEN {unparsable} ELSE false END AS retentiond_u \
-             FROM (SELECT {due} AS retentiond_d) AS y) AS z) AS x",
+             FROM (SELECT {due} AS retentiond_d) AS y) AS z) AS x \
+         WHERE ({due}) OR ({null_age})",
         protected = rule.protected,
         due = rule.due,
         oldest = sql::age_as_timestamptz(
@@ -299,6 +303,75 @@ pub fn cascaded_between(
         }
     }
     out
+}
+
+/// Opens a batch's transaction in one round trip: REPEATABLE READ, the
+/// rule's lock and statement timeouts and, when `relaxed`, asynchronous
+/// commit.
+///
+/// A relaxed batch does not wait for its WAL flush (about a millisecond a
+/// batch on a durable disk). That is safe because the batch's rows and its
+/// count in `run_progress` commit in one transaction: a server crash loses
+/// both or neither, and the next run records what survived. The run makes
+/// its last progress write synchronous (outside such a transaction) before
+/// its outcome record, and one synchronous commit flushes all WAL before it.
+pub async fn begin<'c>(
+    conn: &'c mut PgConnection,
+    lock_timeout: std::time::Duration,
+    statement_timeout: std::time::Duration,
+    relaxed: bool,
+) -> Result<sqlx::Transaction<'c, sqlx::Postgres>, sqlx::Error> {
+    use sqlx::Connection;
+    // Integers only: nothing here comes from text a user wrote.
+    let mut sql = format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL lock_timeout = '{}ms'; SET LOCAL statement_timeout = '{}ms'",
+        lock_timeout.as_millis(),
+        statement_timeout.as_millis()
+    );
+    if relaxed {
+        sql.push_str("; SET LOCAL synchronous_commit = off");
+    }
+    conn.begin_with(sql).await
+}
+
+/// ANALYZEs each table (quoted name) whose `changed` rows are more than a
+/// tenth of its rows (`total` when known, else the statistics' own
+/// estimate), so the planner does not go on believing a purged table is
+/// full. Returns the tables analyzed. Each ANALYZE waits at most
+/// `lock_timeout` for its lock (a running VACUUM holds it): statistics are
+/// worth a retry later, never a stuck run.
+pub async fn analyze_changed(
+    conn: &mut PgConnection,
+    changed: &[(String, i64, Option<i64>)],
+    lock_timeout: std::time::Duration,
+) -> Result<Vec<String>, sqlx::Error> {
+    use sqlx::Connection;
+    let mut analyzed = Vec::new();
+    for (table, n, total) in changed {
+        // Only an owner may ANALYZE (others get a warning and nothing).
+        let (estimate, owner): (f32, bool) = sqlx::query_as(
+            "SELECT reltuples, pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = $1::regclass",
+        )
+        .bind(table)
+        .fetch_one(&mut *conn)
+        .await?;
+        let rows = total.unwrap_or(estimate as i64);
+        if !owner || *n <= 0 || n.saturating_mul(10) <= rows {
+            continue;
+        }
+        let mut tx = conn
+            .begin_with(format!(
+                "BEGIN; SET LOCAL lock_timeout = '{}ms'",
+                lock_timeout.as_millis().max(1)
+            ))
+            .await?;
+        sqlx::query(&format!("ANALYZE {table}"))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        analyzed.push(table.clone());
+    }
+    Ok(analyzed)
 }
 
 /// The tid of a page's first line pointer, `(block,0)`: window bounds.
