@@ -267,7 +267,7 @@ class Section:
             out.append("| " + " | ".join(cells) + " |")
         if self.notes:
             out.append("")
-            out += self.notes
+            out.append("\n\n".join(self.notes))
         return "\n".join(out) + "\n"
 
 
@@ -465,8 +465,10 @@ def run_retentiond_variant(sec, label, db, rules, baseline_rows=None, keep_db=Fa
     else:
         ms = batch_ms(p.stderr)
         affected = rep.get("affected")
-        row = sec.add(Row(label, rows=affected, seconds=p.seconds,
-                          longest_ms=ms if ms is not None else "n/a", wal=wal, rss_kib=p.rss_kib))
+        if ms is None:
+            ms = DASH if affected == 0 else "n/a"
+        row = sec.add(Row(label, rows=affected, seconds=p.seconds, longest_ms=ms, wal=wal,
+                          rss_kib=p.rss_kib))
         dropped = rep.get("partitions_dropped")
         if isinstance(dropped, list):
             row.note = f"({len(dropped)} partitions dropped)"
@@ -872,7 +874,7 @@ def section_blob():
 def section_audit():
     banner("audit")
     gen = ENV.get("BENCH_AUDIT_GEN")
-    sec = section("audit", "Audit log", rows_header="records", rate="records/s")
+    sec = section("audit", "Audit records: seal, append, verify", rows_header="records", rate="records/s")
     keys = keygen()
     out = os.path.join(WORK, "audit.jsonl")
     p = Proc([gen, f"{keys}/signing.pem", out, str(AUDIT)])

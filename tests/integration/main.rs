@@ -9,6 +9,7 @@ mod util;
 mod ages;
 mod audit;
 mod azure;
+mod bench;
 mod blob;
 mod config;
 mod conformance;
