@@ -94,6 +94,9 @@ pub struct Planned {
     /// Mask rules: due rows a unique key would refuse in masked form.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflicts: Option<i64>,
+    /// Partitions to drop whole, with their rows (in `matched`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partitions_dropped: BTreeMap<String, i64>,
     /// The oldest due item.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest: Option<String>,
@@ -151,6 +154,9 @@ pub struct Counts {
     /// Of `conflicts`, the rows deleted: removals, counted exactly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflicts_deleted: Option<i64>,
+    /// Partitions dropped whole, with their rows (counted in `affected`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partitions_dropped: BTreeMap<String, i64>,
     /// Versions and delete markers removed (blob rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub versions: Option<i64>,

@@ -176,6 +176,19 @@ fn print_table(reports: &[RuleReport], at: DateTime<Utc>, run: bool) {
                 counts_text(&r.cascaded, "row(s)")
             ));
         }
+        if !r.partitions_dropped.is_empty() {
+            let verb = if r.affected.is_some() {
+                "dropped"
+            } else {
+                "would drop"
+            };
+            let n: i64 = r.partitions_dropped.values().sum();
+            say(&format!(
+                "  {}: {verb} {} whole partition(s) ({n} rows); the rest in batches",
+                r.rule,
+                r.partitions_dropped.len()
+            ));
+        }
         if let Some(d) = r.keep_distribution.as_ref().filter(|d| !d.is_empty()) {
             let parts: Vec<String> = d
                 .iter()

@@ -7,9 +7,9 @@ use crate::audit::log::Claim;
 use crate::config::{BlobLocator, Rule};
 use crate::plan::{describe_db_error, Outcome};
 use crate::store::blob::{BlobMeta, BlobRef, BlobStore, StoreError};
-use crate::store::postgres::batch;
 use crate::store::postgres::progress::{self, Totals};
 use crate::store::postgres::resolve::ResolvedRule;
+use crate::store::postgres::{batch, partition};
 use crate::store::postgres::{schema, PgStore};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -65,6 +65,8 @@ pub struct Executed {
     pub conflicts_deleted: i64,
     /// Batches committed.
     pub batches: i64,
+    /// Partitions dropped whole, with their rows (in `affected`).
+    pub partitions_dropped: BTreeMap<String, i64>,
     /// False when the batches committed asynchronously and the final
     /// synchronous write failed: the counts may include batches a server
     /// crash undid, so no outcome record may claim them (the next run
@@ -96,6 +98,7 @@ impl Executed {
             conflicts: 0,
             conflicts_deleted: 0,
             batches: 0,
+            partitions_dropped: BTreeMap::new(),
             durable: true,
             outcome,
             reason,
@@ -113,6 +116,7 @@ impl Executed {
             skipped: self.skipped.clone(),
             conflicts: self.conflicts,
             conflicts_deleted: self.conflicts_deleted,
+            partitions_dropped: self.partitions_dropped.clone(),
         }
     }
 
@@ -249,7 +253,63 @@ async fn batches(
     let mut claim_checked = std::time::Instant::now();
     let mut done = Executed::none(Outcome::Ok, None);
     let limit = i64::from(rule.settings.batch_size);
-    for leaf in &resolved.leaves {
+    let mut gone = std::collections::HashSet::new();
+    for leaf in resolved.drops.iter().filter(|c| c.droppable()) {
+        if cancel.is_cancelled() {
+            let reason = format!(
+                "interrupted after {} batches; a rerun resumes",
+                done.batches
+            );
+            return done.stop(Outcome::Interrupted, reason);
+        }
+        let remaining = cap.map(|c| c - done.affected - done.conflicts_deleted);
+        let started = std::time::Instant::now();
+        let so_far = done.totals();
+        let dropped = partition::drop_leaf(
+            conn,
+            resolved,
+            leaf,
+            (rule.settings.lock_timeout, rule.settings.statement_timeout),
+            remaining,
+            run_id.map(|id| (id, rule.name.as_str(), &so_far)),
+        )
+        .await;
+        match dropped {
+            Ok(partition::Dropped::Dropped(rows)) => {
+                gone.insert(leaf.quoted.as_str());
+                done.affected += rows;
+                done.batches += 1;
+                done.partitions_dropped.insert(leaf.name.clone(), rows);
+                progress.batch_done(&rule.name, done.affected, expected);
+                tracing::debug!(
+                    rule = %rule.name,
+                    partition = %leaf.name,
+                    rows,
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "Partition dropped."
+                );
+            }
+            Ok(partition::Dropped::Kept(why)) => {
+                tracing::info!(rule = %rule.name, partition = %leaf.name, reason = %why, "Partition kept; purging it in batches.");
+            }
+            Ok(partition::Dropped::OverCap(rows)) => {
+                let reason = format!(
+                    "stopped before passing the max_fraction cap ({} rows): {} rows changed, dropping partition {} ({rows} rows) \
+                     would pass it; the table changed since the plan, check the rule",
+                    cap.unwrap_or_default(),
+                    done.affected,
+                    leaf.name
+                );
+                return done.stop(Outcome::Refused, reason);
+            }
+            Err(e) => return done.stop(Outcome::Failed, describe_db_error(&e)),
+        }
+    }
+    for leaf in resolved
+        .leaves
+        .iter()
+        .filter(|l| !gone.contains(l.as_str()))
+    {
         let (pages, per_page) = match heap_size(conn, leaf).await {
             Ok(s) => s,
             Err(e) => return done.stop(Outcome::Failed, describe_db_error(&e)),

@@ -221,6 +221,7 @@ impl Runner<'_> {
                     skipped: t.skipped,
                     conflicts,
                     conflicts_deleted,
+                    partitions_dropped: t.partitions_dropped,
                     objects: with_objects.then_some(t.objects),
                     bytes: with_objects.then(|| u64::try_from(t.bytes).unwrap_or(0).min(1 << 53)),
                     ..Counts::default()
@@ -372,6 +373,7 @@ impl Runner<'_> {
                 }
                 report.affected = Some(done.affected);
                 report.cascaded = done.cascaded;
+                report.partitions_dropped = done.partitions_dropped;
                 report.skipped = done.skipped;
                 if report.action == "mask" {
                     report.conflicts = Some(done.conflicts + done.conflicts_deleted);
@@ -502,6 +504,7 @@ fn totals_of(report: &RuleReport) -> Totals {
         // `conflicts` counts the deleted ones too; the row keeps them apart.
         conflicts: report.conflicts.unwrap_or(0) - report.conflicts_deleted.unwrap_or(0),
         conflicts_deleted: report.conflicts_deleted.unwrap_or(0),
+        partitions_dropped: report.partitions_dropped.clone(),
     }
 }
 
@@ -551,6 +554,7 @@ fn intent_event(
             skipped: report.skipped.clone(),
             null_age: report.null_age,
             conflicts: report.conflicts,
+            partitions_dropped: report.partitions_dropped.clone(),
             // The oldest due item: with the cutoff, how late the promise is.
             oldest: report.oldest.map(format_ts),
         },
@@ -586,6 +590,7 @@ fn outcome_event(
             null_age: report.null_age,
             conflicts: report.conflicts,
             conflicts_deleted: report.conflicts_deleted,
+            partitions_dropped: report.partitions_dropped.clone(),
             versions: report.versions,
             objects: report.objects,
             // Integers in records stay within ±2^53 (8 PiB): clamp, never wrap.

@@ -8,6 +8,7 @@ pub mod blob;
 
 use crate::config::{Config, Rule, Target};
 use crate::store::postgres::batch::{self, Counts};
+use crate::store::postgres::partition;
 use crate::store::postgres::resolve::{self, ResolvedRule};
 use crate::store::postgres::schema::SchemaError;
 use crate::store::Stores;
@@ -97,6 +98,11 @@ pub struct RuleReport {
     /// Rows other tables lose through `ON DELETE CASCADE`, by `schema.table`
     /// (plan: predicted; run: as PostgreSQL counted them).
     pub cascaded: BTreeMap<String, i64>,
+    /// Partitioned tables: partitions dropped whole instead of purged row by
+    /// row (plan: would drop; run: dropped), with their rows, which are in
+    /// `matched` and `affected`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub partitions_dropped: BTreeMap<String, i64>,
     /// Due rows or objects kept because one item could not be touched
     /// safely, by reason (`bad_key`, `symlink`, `modified`, ...).
     pub skipped: BTreeMap<String, i64>,
@@ -227,6 +233,7 @@ impl RuleReport {
             oldest: None,
             affected: None,
             cascaded: BTreeMap::new(),
+            partitions_dropped: BTreeMap::new(),
             skipped: BTreeMap::new(),
             outcome: Outcome::Planned,
             reason: None,
@@ -329,6 +336,10 @@ pub async fn prepare(
             at,
         )
         .await?;
+        let mut resolved = resolved;
+        if partition::excluded(&resolved, table.filter.is_some(), table.blobs.is_some()).is_none() {
+            resolved.drops = partition::candidates(&mut tx, &resolved).await?;
+        }
         let counts = batch::count(&mut tx, &resolved).await?;
         let cascaded = batch::count_cascaded(&mut tx, &resolved).await?;
         let conflicts = batch::count_conflicts(&mut tx, &resolved).await?;
@@ -353,6 +364,12 @@ pub async fn prepare(
         rule.settings.batch_size,
     );
     report.cascaded = cascaded;
+    report.partitions_dropped = resolved
+        .drops
+        .iter()
+        .filter(|c| c.droppable())
+        .map(|c| (c.name.clone(), c.rows))
+        .collect();
     if resolved.mask.is_some() {
         // `matched` is what the run will mask; conflicts are kept apart.
         report.matched -= conflicts;

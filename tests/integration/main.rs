@@ -19,6 +19,7 @@ mod fault;
 mod fuzz;
 mod mask;
 mod online;
+mod partition;
 mod policies;
 mod proxy;
 mod report;

@@ -42,9 +42,59 @@ pub struct Counts {
 }
 
 /// Counts in one scan. The protection and parse checks are wrapped in
-/// `CASE WHEN due` so their subqueries run for due rows only.
+/// `CASE WHEN due` so their subqueries run for due rows only. Partitions
+/// the run will drop whole were counted when they were checked
+/// ([`super::partition`]); only the other leaves are scanned then.
 pub async fn count(conn: &mut PgConnection, rule: &ResolvedRule) -> Result<Counts, sqlx::Error> {
-    let row = sqlx::query(&count_sql(rule)).fetch_one(conn).await?;
+    let drops: Vec<_> = rule.drops.iter().filter(|c| c.droppable()).collect();
+    if drops.is_empty() {
+        return count_in(conn, rule, &rule.table.quoted).await;
+    }
+    let mut sum = Counts::default();
+    for leaf in &rule.leaves {
+        if !drops.iter().any(|c| c.quoted == *leaf) {
+            sum.add(count_in(&mut *conn, rule, leaf).await?);
+        }
+    }
+    for c in drops {
+        // Every row of a droppable partition is due and unprotected.
+        sum.add(Counts {
+            total: c.rows,
+            matched: c.rows,
+            oldest: c.oldest,
+            ..Counts::default()
+        });
+    }
+    Ok(sum)
+}
+
+impl Counts {
+    /// Adds the counts of another part of the table.
+    fn add(&mut self, o: Counts) {
+        self.total += o.total;
+        self.matched += o.matched;
+        self.protected += o.protected;
+        self.unparsable += o.unparsable;
+        self.null_age += o.null_age;
+        self.oldest = match (self.oldest, o.oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        for (k, v) in o.protected_by {
+            *self.protected_by.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// [`count`] over one relation: the table, or one of its leaves.
+async fn count_in(
+    conn: &mut PgConnection,
+    rule: &ResolvedRule,
+    relation: &str,
+) -> Result<Counts, sqlx::Error> {
+    let row = sqlx::query(&count_sql_in(rule, relation))
+        .fetch_one(conn)
+        .await?;
     let mut protected_by = BTreeMap::new();
     for (i, (label, _)) in rule.protected_by.iter().enumerate() {
         let n: i64 = row.try_get(format!("retentiond_by{i}").as_str())?;
@@ -66,6 +116,11 @@ pub async fn count(conn: &mut PgConnection, rule: &ResolvedRule) -> Result<Count
 
 /// The counting query (also `EXPLAIN`ed by `check --online`).
 pub fn count_sql(rule: &ResolvedRule) -> String {
+    count_sql_in(rule, &rule.table.quoted)
+}
+
+/// The counting query over `relation` (the table or one of its leaves).
+fn count_sql_in(rule: &ResolvedRule, relation: &str) -> String {
     let (masked, unparsable) = match &rule.mask {
         Some(m) => (m.masked.as_str(), m.unparsable.as_str()),
         None => ("false", "false"),
@@ -115,7 +170,7 @@ pub fn count_sql(rule: &ResolvedRule) -> String {
             rule.age.ty
         ),
         null_age = rule.null_age,
-        table = rule.table.quoted,
+        table = relation,
     )
 }
 

@@ -3,6 +3,7 @@
 
 pub mod age;
 pub mod batch;
+pub mod partition;
 pub mod progress;
 pub mod protect;
 pub mod resolve;

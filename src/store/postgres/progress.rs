@@ -35,6 +35,9 @@ pub struct Totals {
     /// their masked form duplicated another row's unique key.
     #[serde(default)]
     pub conflicts_deleted: i64,
+    /// Partitions dropped whole, with their rows (counted in `affected`).
+    #[serde(default)]
+    pub partitions_dropped: BTreeMap<String, i64>,
 }
 
 /// A dead or unrecorded run's row.
@@ -77,12 +80,14 @@ pub async fn record(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO retentiond.run_progress AS p \
-             (run_id, rule, affected, objects, bytes, batches, cascaded, skipped, conflicts, conflicts_deleted, updated) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, now()) \
+             (run_id, rule, affected, objects, bytes, batches, cascaded, skipped, conflicts, conflicts_deleted, \
+              partitions_dropped, updated) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now()) \
          ON CONFLICT (run_id) DO UPDATE SET affected = EXCLUDED.affected, objects = EXCLUDED.objects, \
              bytes = EXCLUDED.bytes, batches = EXCLUDED.batches, cascaded = EXCLUDED.cascaded, \
              skipped = EXCLUDED.skipped, conflicts = EXCLUDED.conflicts, \
-             conflicts_deleted = EXCLUDED.conflicts_deleted, updated = now()",
+             conflicts_deleted = EXCLUDED.conflicts_deleted, \
+             partitions_dropped = EXCLUDED.partitions_dropped, updated = now()",
     )
     .bind(run_id)
     .bind(rule)
@@ -94,6 +99,7 @@ pub async fn record(
     .bind(Json(&t.skipped))
     .bind(t.conflicts)
     .bind(t.conflicts_deleted)
+    .bind(Json(&t.partitions_dropped))
     .execute(conn)
     .await?;
     Ok(())
@@ -103,7 +109,7 @@ pub async fn record(
 pub async fn read(pool: &PgPool, run_id: &str) -> Result<Option<Found>, sqlx::Error> {
     let Some(r) = sqlx::query(
         "SELECT affected, objects, bytes, batches, cascaded, skipped, conflicts, conflicts_deleted, \
-                outcome, outcome_error \
+                partitions_dropped, outcome, outcome_error \
          FROM retentiond.run_progress WHERE run_id = $1",
     )
     .bind(run_id)
@@ -114,6 +120,7 @@ pub async fn read(pool: &PgPool, run_id: &str) -> Result<Option<Found>, sqlx::Er
     };
     let Json(cascaded): Json<BTreeMap<String, i64>> = r.try_get("cascaded")?;
     let Json(skipped): Json<BTreeMap<String, i64>> = r.try_get("skipped")?;
+    let Json(partitions_dropped): Json<BTreeMap<String, i64>> = r.try_get("partitions_dropped")?;
     let outcome: Option<String> = r.try_get("outcome")?;
     let error: Option<String> = r.try_get("outcome_error")?;
     Ok(Some(Found {
@@ -126,6 +133,7 @@ pub async fn read(pool: &PgPool, run_id: &str) -> Result<Option<Found>, sqlx::Er
             skipped,
             conflicts: r.try_get("conflicts")?,
             conflicts_deleted: r.try_get("conflicts_deleted")?,
+            partitions_dropped,
         },
         unwritten: outcome.map(|o| (o, error.unwrap_or_default())),
     }))

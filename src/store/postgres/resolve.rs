@@ -44,6 +44,9 @@ pub struct ResolvedRule {
     pub tree: Option<CascadeTree>,
     /// For delete rules: every table that loses rows through cascades.
     pub cascaded: Vec<Cascaded>,
+    /// Partitioned tables: leaves whose bounds lie at or before the cutoff
+    /// (set by the plan; [`super::partition`]).
+    pub drops: Vec<super::partition::Candidate>,
 }
 
 /// The masking half of a mask rule.
@@ -204,6 +207,7 @@ pub async fn resolve(
         notes,
         tree: cascaded,
         cascaded: Vec::new(),
+        drops: Vec::new(),
     };
     if let Some(tree) = &resolved.tree {
         resolved.cascaded = protect::cascaded(tree, &resolved.eligible());
