@@ -21,12 +21,14 @@ Environment (set by scripts/bench):
 
 What it expects of retentiond (all optional but `affected`):
   * `run --format json` prints {"rules": [{"affected": N, ...}]} on stdout;
-    a rule on a partitioned table may add "partitions_dropped":
-    [{"partition": "...", "rows": N}, ...] (its rows are in `affected`).
+    a rule on a partitioned table may add "partitions_dropped", either
+    {"partition": rows, ...} or [{"partition": "...", "rows": N}, ...]
+    (its rows are in `affected`); only its length is shown.
   * With RETENTIOND_LOG=retentiond=debug and --log-format json, one JSON
-    object per stderr line; events whose message is "Batch committed." with
-    a numeric field `ms` (the batch transaction's duration) give the longest
-    transaction. Without them the column reads "n/a".
+    object per stderr line; events whose message is "Batch committed." or
+    "Partition dropped." with a numeric field `ms` (that transaction's
+    duration; top level or under "fields") give the longest transaction.
+    Without them the column reads "n/a".
   * `check -c` refuses a config whose rule has a key it does not know
     (`parallelism`): the parallelism-2 row then reads "n/a (not in this build)".
 """
@@ -174,8 +176,12 @@ class Proc:
         return (msgs[-1] if msgs else f"exit {self.code}")[:200]
 
 
+# retentiond's debug events that each time one transaction in a field `ms`.
+TXN_EVENTS = ("Batch committed.", "Partition dropped.")
+
+
 def batch_ms(stderr):
-    """The longest "Batch committed." transaction in ms, from JSON log lines; None if none."""
+    """The longest transaction in ms of TXN_EVENTS, from JSON log lines; None if none."""
     best = None
     for ln in stderr.splitlines():
         ln = ln.strip()
@@ -189,7 +195,7 @@ def batch_ms(stderr):
             continue
         fields = o.get("fields") if isinstance(o.get("fields"), dict) else {}
         msg = o.get("message", fields.get("message"))
-        if msg != "Batch committed.":
+        if msg not in TXN_EVENTS:
             continue
         ms = o.get("ms", fields.get("ms"))
         try:
@@ -470,7 +476,8 @@ def run_retentiond_variant(sec, label, db, rules, baseline_rows=None, keep_db=Fa
         row = sec.add(Row(label, rows=affected, seconds=p.seconds, longest_ms=ms, wal=wal,
                           rss_kib=p.rss_kib))
         dropped = rep.get("partitions_dropped")
-        if isinstance(dropped, list):
+        if isinstance(dropped, (list, dict)) and dropped:
+            # A list of {"partition", "rows"} or an object partition -> rows.
             row.note = f"({len(dropped)} partitions dropped)"
     if not keep_db:
         drop_db(db)
@@ -994,7 +1001,7 @@ FOOTNOTES = """### Columns
 * **longest txn (ms):** the longest transaction (how long locks are held): for one statement its
   time (psql `\\timing`); for the loops and the hand-written partition drop the slowest iteration's
   transaction; for pg_partman the `run_maintenance` call; for retentiond the largest `ms` of its
-  `Batch committed.` debug log events ("n/a" when the build logs none).
+  `Batch committed.` and `Partition dropped.` debug log events ("n/a" when the build logs none).
 * **WAL:** `pg_wal_lsn_diff` of `pg_current_wal_lsn()` around the variant (cluster-wide, so
   retentiond's audit records are in it).
 * **peak RSS:** maximum resident set of the measured client process (GNU time `%M`); "–" for SQL,
