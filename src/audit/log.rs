@@ -26,7 +26,13 @@ pub struct AuditLog {
     pool: PgPool,
     signer: Signer,
     jsonl: Option<PathBuf>,
+    /// Claim sessions released with their lock unlocked, for the next
+    /// claim: a run of many rules opens one, not one per rule.
+    idle_claims: IdleClaims,
 }
+
+/// Released claim connections (each holds no advisory lock).
+type IdleClaims = std::sync::Arc<std::sync::Mutex<Vec<sqlx::PgConnection>>>;
 
 /// The audit log failed.
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +194,7 @@ impl AuditLog {
             pool,
             signer,
             jsonl,
+            idle_claims: IdleClaims::default(),
         })
     }
 
@@ -294,6 +301,7 @@ impl AuditLog {
 pub struct Claim {
     conn: tokio::sync::Mutex<Option<sqlx::PgConnection>>,
     key: i64,
+    idle: IdleClaims,
 }
 
 impl Claim {
@@ -314,17 +322,31 @@ impl Claim {
         matches!(alive, Ok(Ok(_)))
     }
 
-    /// Unlocks and closes the connection.
+    /// Unlocks, and keeps the session for the next claim when the unlock
+    /// is confirmed (else closes it, which unlocks too).
     pub async fn release(self) {
         if let Some(mut conn) = self.conn.into_inner() {
-            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            let unlocked = sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)")
                 .bind(self.key)
-                .execute(&mut conn)
+                .fetch_one(&mut conn)
                 .await;
-            let _ = conn.close().await;
+            let conn = match (unlocked, self.idle.lock()) {
+                (Ok(true), Ok(mut idle)) if idle.len() < MAX_IDLE_CLAIMS => {
+                    idle.push(conn);
+                    None
+                }
+                _ => Some(conn),
+            };
+            if let Some(conn) = conn {
+                let _ = conn.close().await;
+            }
         }
     }
 }
+
+/// Claim sessions kept for reuse: enough for the rules one process runs at
+/// once.
+const MAX_IDLE_CLAIMS: usize = 4;
 
 /// The advisory lock key of a rule: 8 bytes of SHA-256 of its name.
 pub fn claim_key(rule: &str) -> i64 {
@@ -339,11 +361,26 @@ impl AuditLog {
     /// Claims `rule` for this process, or None when another process holds it.
     pub async fn claim(&self, rule: &str) -> Result<Option<Claim>, AuditError> {
         let key = claim_key(rule);
-        let mut conn = sqlx::PgConnection::connect_with(&self.pool.connect_options()).await?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut conn)
-            .await?;
+        let idle = self.idle_claims.lock().ok().and_then(|mut i| i.pop());
+        let try_lock = |mut conn: sqlx::PgConnection| async move {
+            let got = sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+                .bind(key)
+                .fetch_one(&mut conn)
+                .await;
+            got.map(|g| (g, conn))
+        };
+        let reused = match idle {
+            // A session kept idle may have ended (a database restart).
+            Some(conn) => try_lock(conn).await.ok(),
+            None => None,
+        };
+        let (got, conn) = match reused {
+            Some(r) => r,
+            None => {
+                let conn = sqlx::PgConnection::connect_with(&self.pool.connect_options()).await?;
+                try_lock(conn).await?
+            }
+        };
         if !got {
             let _ = conn.close().await;
             return Ok(None);
@@ -351,6 +388,7 @@ impl AuditLog {
         Ok(Some(Claim {
             conn: tokio::sync::Mutex::new(Some(conn)),
             key,
+            idle: self.idle_claims.clone(),
         }))
     }
 

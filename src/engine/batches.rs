@@ -67,6 +67,9 @@ pub struct Executed {
     pub batches: i64,
     /// Partitions dropped whole, with their rows (in `affected`).
     pub partitions_dropped: BTreeMap<String, i64>,
+    /// A batch committed without waiting for its WAL flush, and no
+    /// synchronous commit followed yet.
+    unflushed: bool,
     /// False when the batches committed asynchronously and the final
     /// synchronous write failed: the counts may include batches a server
     /// crash undid, so no outcome record may claim them (the next run
@@ -99,6 +102,7 @@ impl Executed {
             conflicts_deleted: 0,
             batches: 0,
             partitions_dropped: BTreeMap::new(),
+            unflushed: false,
             durable: true,
             outcome,
             reason,
@@ -149,6 +153,9 @@ struct Committed {
     /// (`on_conflict = "delete"`).
     conflicts: i64,
     conflicts_deleted: i64,
+    /// Set when the batch wrote the run's progress: whether it committed
+    /// without waiting for the WAL flush.
+    wrote_progress: Option<bool>,
 }
 
 impl Committed {
@@ -219,8 +226,7 @@ pub async fn execute(
         relaxed.is_some(),
     )
     .await;
-    // Batches that changed anything wrote the totals.
-    if let Some(run_id) = relaxed.filter(|_| done.totals() != Totals::default()) {
+    if let Some(run_id) = relaxed.filter(|_| done.unflushed) {
         if let Err(e) = progress::record(&mut conn, run_id, &rule.name, &done.totals()).await {
             done.durable = false;
             let reason = format!(
@@ -305,11 +311,13 @@ async fn batches(
             Err(e) => return done.stop(Outcome::Failed, describe_db_error(&e)),
         }
     }
-    for leaf in resolved
+    let leaves: Vec<&String> = resolved
         .leaves
         .iter()
         .filter(|l| !gone.contains(l.as_str()))
-    {
+        .collect();
+    for (i, leaf) in leaves.iter().enumerate() {
+        let last_leaf = i + 1 == leaves.len();
         let (pages, per_page) = match heap_size(conn, leaf).await {
             Ok(s) => s,
             Err(e) => return done.stop(Outcome::Failed, describe_db_error(&e)),
@@ -352,12 +360,17 @@ async fn batches(
                 limit,
                 remaining,
                 durable,
-                relaxed,
+                // The last window commits synchronously: for a small table
+                // (one batch) that is the only flush the run needs.
+                relaxed && !(last_leaf && hi >= pages),
             )
             .await
             {
                 Ok(Attempt::Committed(c)) => {
                     let changed = c.rows;
+                    if let Some(relaxed) = c.wrote_progress {
+                        done.unflushed = relaxed;
+                    }
                     done.objects += c.objects;
                     done.bytes += c.bytes;
                     done.kept += c.kept;
@@ -715,6 +728,7 @@ async fn one_batch(
         let mut next = so_far.clone();
         c.add_to(&mut next);
         progress::record(&mut tx, run_id, &rule.name, &next).await?;
+        c.wrote_progress = Some(relaxed);
     }
     tx.commit().await?;
     Ok(Attempt::Committed(c))
