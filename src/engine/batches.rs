@@ -14,9 +14,10 @@ use crate::store::postgres::{schema, PgStore};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// Largest window of heap pages one batch scans (128 MiB of 8 KiB pages):
-/// bounds a statement's time when matches are sparse.
-const MAX_WINDOW_PAGES: u32 = 16_384;
+/// Largest window of heap pages one batch scans (32 MiB of 8 KiB pages,
+/// about 25 ms from cache on this project's 2-core machine): bounds a
+/// transaction's time when matches are sparse.
+const MAX_WINDOW_PAGES: u32 = 4_096;
 
 /// How often a running rule checks that it still holds its claim.
 const CLAIM_CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -67,6 +68,9 @@ pub struct Executed {
     pub batches: i64,
     /// Partitions dropped whole, with their rows (in `affected`).
     pub partitions_dropped: BTreeMap<String, i64>,
+    /// Rows batches changed or deleted, by leaf relation (quoted): which
+    /// statistics went stale.
+    pub by_leaf: BTreeMap<String, i64>,
     /// A batch committed without waiting for its WAL flush, and no
     /// synchronous commit followed yet.
     unflushed: bool,
@@ -102,6 +106,7 @@ impl Executed {
             conflicts_deleted: 0,
             batches: 0,
             partitions_dropped: BTreeMap::new(),
+            by_leaf: BTreeMap::new(),
             unflushed: false,
             durable: true,
             outcome,
@@ -187,8 +192,14 @@ enum Attempt {
 
 /// Executes a resolved rule. `cap` is the most rows the run may change.
 ///
+/// Partitions wholly expired are dropped first (one transaction each).
+/// Then, with `parallelism = N`, N workers walk disjoint page ranges of
+/// every leaf, each on its own connection, each batch still one short
+/// transaction; `max_fraction` is one budget they reserve from before each
+/// commit, and one worker stopping stops the others after their batch.
+///
 /// Batches of a run (`run_id`) without linked objects commit
-/// asynchronously (see [`batch::begin`]); before returning, the run's
+/// asynchronously (see [`batch::begin`]); before returning, a worker's
 /// totals are written once more with a synchronous commit, which makes
 /// every batch before it durable. When that last write fails, the result
 /// says so ([`Executed::durable`]) and no outcome may claim its counts.
@@ -202,91 +213,234 @@ pub async fn execute(
     claim: Option<&Claim>,
     link: Option<&Linked<'_>>,
     progress: &(dyn Progress + Sync),
-    expected: i64,
+    (expected, complete_at): (i64, Option<i64>),
     run_id: Option<&str>,
 ) -> Executed {
     let mut conn = match pg.pool.acquire().await {
         Ok(c) => c,
         Err(e) => return Executed::failed(describe_db_error(&e)),
     };
-    // Objects deleted in a store cannot come back with a lost commit:
-    // their rows' batches wait for the flush.
-    let relaxed = run_id.filter(|_| link.is_none());
-    let mut done = batches(
-        &mut conn,
+    let shared = Shared {
         rule,
         resolved,
-        cap,
-        cancel,
         claim,
         link,
         progress,
         expected,
+        complete_at,
         run_id,
-        relaxed.is_some(),
-    )
-    .await;
-    if let Some(run_id) = relaxed.filter(|_| done.unflushed) {
-        if let Err(e) = progress::record(&mut conn, run_id, &rule.name, &done.totals()).await {
-            done.durable = false;
-            let reason = format!(
-                "{}could not confirm that the last batches are durable ({}); the next run records this run \
-                 with the counts the database kept",
-                done.reason.as_ref().map(|r| format!("{r}; ")).unwrap_or_default(),
-                describe_db_error(&e)
-            );
-            return done.stop(Outcome::Failed, reason);
+        // Objects deleted in a store cannot come back with a lost commit:
+        // their rows' batches wait for the flush.
+        relaxed: run_id.is_some() && link.is_none(),
+        budget: Budget::new(cap),
+        cancel,
+        stop: Cancel::default(),
+    };
+    let (first, gone) = match drop_partitions(&mut conn, &shared).await {
+        Ok(r) => r,
+        Err(stopped) => return stopped,
+    };
+    let leaves: Vec<&str> = resolved
+        .leaves
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !gone.contains(l))
+        .collect();
+    // Extra workers only on connections the pool has free now: waiting for
+    // one could deadlock rules that each hold one and want more.
+    let wanted = if link.is_none() {
+        rule.settings.parallelism.max(1)
+    } else {
+        1
+    };
+    let mut extra = Vec::new();
+    while extra.len() + 1 < wanted as usize {
+        match pg.pool.try_acquire() {
+            Some(c) => extra.push(c),
+            None => break,
         }
     }
-    done
+    let parts = 1 + extra.len() as u32;
+    if parts < wanted {
+        tracing::info!(rule = %rule.name, wanted, parts, "Fewer workers than parallelism: the store's pool has no more free connections (max_connections).");
+    }
+    let slices = Slices {
+        leaves: &leaves,
+        parts,
+    };
+    let workers = std::iter::once((0, conn, first))
+        .chain(
+            extra
+                .into_iter()
+                .zip(1..)
+                .map(|(c, part)| (part, c, Executed::none(Outcome::Ok, None))),
+        )
+        .map(|(part, mut conn, start)| {
+            let shared = &shared;
+            let slices = &slices;
+            async move {
+                let mut done = worker(&mut conn, shared, slices, part, start).await;
+                if done.outcome != Outcome::Ok {
+                    shared.stop.cancel();
+                }
+                if let Some(run_id) = shared.run_id.filter(|_| done.unflushed) {
+                    let written = progress::record_part(
+                        &mut conn,
+                        run_id,
+                        part,
+                        &rule.name,
+                        &done.totals(),
+                    )
+                    .await;
+                    if let Err(e) = written {
+                        done.durable = false;
+                        let reason = format!(
+                            "{}could not confirm that the last batches are durable ({}); the next run records this run \
+                             with the counts the database kept",
+                            done.reason.as_ref().map(|r| format!("{r}; ")).unwrap_or_default(),
+                            describe_db_error(&e)
+                        );
+                        done = done.stop(Outcome::Failed, reason);
+                    }
+                }
+                done
+            }
+        });
+    let results = futures_util::future::join_all(workers).await;
+    finish(merge(results))
 }
 
-/// The batch loop of [`execute`], on one connection.
-#[allow(clippy::too_many_arguments)]
-async fn batches(
-    conn: &mut sqlx::PgConnection,
-    rule: &Rule,
-    resolved: &ResolvedRule,
-    cap: Option<i64>,
-    cancel: &Cancel,
-    claim: Option<&Claim>,
-    link: Option<&Linked<'_>>,
-    progress: &(dyn Progress + Sync),
+/// What the workers of one rule's run share.
+struct Shared<'a> {
+    rule: &'a Rule,
+    resolved: &'a ResolvedRule,
+    claim: Option<&'a Claim>,
+    link: Option<&'a Linked<'a>>,
+    progress: &'a (dyn Progress + Sync),
     expected: i64,
-    run_id: Option<&str>,
+    /// The exact count of rows to change, when reaching it means the rest
+    /// of the heap holds none: the walk ends there (a time-ordered heap's
+    /// young tail is never read).
+    complete_at: Option<i64>,
+    run_id: Option<&'a str>,
+    /// Batches commit without waiting for their flush.
     relaxed: bool,
-) -> Executed {
-    let mut claim_checked = std::time::Instant::now();
-    let mut done = Executed::none(Outcome::Ok, None);
-    let limit = i64::from(rule.settings.batch_size);
-    let mut gone = std::collections::HashSet::new();
-    for leaf in resolved.drops.iter().filter(|c| c.droppable()) {
-        if cancel.is_cancelled() {
-            let reason = format!(
-                "interrupted after {} batches; a rerun resumes",
-                done.batches
-            );
-            return done.stop(Outcome::Interrupted, reason);
+    budget: Budget,
+    cancel: &'a Cancel,
+    /// Set when a worker stops early: the others stop after their batch.
+    stop: Cancel,
+}
+
+impl Shared<'_> {
+    /// Why a worker must stop before its next batch, if it must.
+    fn stopped(&self, batches: i64) -> Option<String> {
+        if self.cancel.is_cancelled() {
+            Some(format!(
+                "interrupted after {batches} batches; a rerun resumes"
+            ))
+        } else if self.stop.is_cancelled() {
+            Some("stopped because another worker of the run stopped".into())
+        } else {
+            None
         }
-        let remaining = cap.map(|c| c - done.affected - done.conflicts_deleted);
+    }
+}
+
+/// The rows a run may still change (`max_fraction`), shared by its
+/// workers: each reserves its batch's rows before committing, so together
+/// they never pass the cap.
+struct Budget {
+    cap: Option<i64>,
+    used: std::sync::atomic::AtomicI64,
+}
+
+impl Budget {
+    fn new(cap: Option<i64>) -> Budget {
+        Budget {
+            cap,
+            used: std::sync::atomic::AtomicI64::new(0),
+        }
+    }
+
+    /// Takes `n` rows from the budget, or nothing (false) when they would
+    /// pass the cap.
+    fn reserve(&self, n: i64) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let before = self.used.fetch_add(n, SeqCst);
+        if self.cap.is_some_and(|c| before + n > c) {
+            self.used.fetch_sub(n, SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back rows whose batch did not commit.
+    fn release(&self, n: i64) {
+        self.used.fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn used(&self) -> i64 {
+        self.used.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn remaining(&self) -> Option<i64> {
+        self.cap.map(|c| c - self.used())
+    }
+}
+
+/// Which pages each worker walks: worker `part` of `parts` takes the
+/// `part`-th slice of every leaf's heap.
+struct Slices<'a> {
+    leaves: &'a [&'a str],
+    parts: u32,
+}
+
+impl Slices<'_> {
+    fn range(&self, pages: u32, part: u32) -> (u32, u32) {
+        let at = |k: u32| (u64::from(pages) * u64::from(k) / u64::from(self.parts)) as u32;
+        (at(part), at(part + 1))
+    }
+}
+
+/// Drops the partitions that can go whole (in the first worker's progress
+/// row); returns what that did and the leaves gone, or the run's result
+/// when it must stop.
+async fn drop_partitions<'a>(
+    conn: &mut sqlx::PgConnection,
+    shared: &Shared<'a>,
+) -> Result<(Executed, std::collections::HashSet<&'a str>), Executed> {
+    let rule = shared.rule;
+    let mut done = Executed::none(Outcome::Ok, None);
+    let mut gone = std::collections::HashSet::new();
+    for leaf in shared.resolved.drops.iter().filter(|c| c.droppable()) {
+        if let Some(reason) = shared.stopped(done.batches) {
+            return Err(finish(done.stop(Outcome::Interrupted, reason)));
+        }
         let started = std::time::Instant::now();
         let so_far = done.totals();
         let dropped = partition::drop_leaf(
             conn,
-            resolved,
+            shared.resolved,
             leaf,
             (rule.settings.lock_timeout, rule.settings.statement_timeout),
-            remaining,
-            run_id.map(|id| (id, rule.name.as_str(), &so_far)),
+            shared.budget.remaining(),
+            shared.run_id.map(|id| (id, rule.name.as_str(), &so_far)),
         )
         .await;
         match dropped {
             Ok(partition::Dropped::Dropped(rows)) => {
                 gone.insert(leaf.quoted.as_str());
+                // Checked against the budget under the drop's lock.
+                shared
+                    .budget
+                    .used
+                    .fetch_add(rows, std::sync::atomic::Ordering::SeqCst);
                 done.affected += rows;
                 done.batches += 1;
                 done.partitions_dropped.insert(leaf.name.clone(), rows);
-                progress.batch_done(&rule.name, done.affected, expected);
+                shared
+                    .progress
+                    .batch_done(&rule.name, shared.budget.used(), shared.expected);
                 tracing::debug!(
                     rule = %rule.name,
                     partition = %leaf.name,
@@ -302,38 +456,54 @@ async fn batches(
                 let reason = format!(
                     "stopped before passing the max_fraction cap ({} rows): {} rows changed, dropping partition {} ({rows} rows) \
                      would pass it; the table changed since the plan, check the rule",
-                    cap.unwrap_or_default(),
+                    shared.budget.cap.unwrap_or_default(),
                     done.affected,
                     leaf.name
                 );
-                return done.stop(Outcome::Refused, reason);
+                return Err(finish(done.stop(Outcome::Refused, reason)));
             }
-            Err(e) => return done.stop(Outcome::Failed, describe_db_error(&e)),
+            Err(e) => return Err(finish(done.stop(Outcome::Failed, describe_db_error(&e)))),
         }
     }
-    let leaves: Vec<&String> = resolved
-        .leaves
-        .iter()
-        .filter(|l| !gone.contains(l.as_str()))
-        .collect();
-    for (i, leaf) in leaves.iter().enumerate() {
-        let last_leaf = i + 1 == leaves.len();
+    Ok((done, gone))
+}
+
+/// The batch loop of one worker, on one connection, over its slice of
+/// every leaf; `done` holds what it starts from.
+async fn worker(
+    conn: &mut sqlx::PgConnection,
+    shared: &Shared<'_>,
+    slices: &Slices<'_>,
+    part: u32,
+    mut done: Executed,
+) -> Executed {
+    let rule = shared.rule;
+    let mut claim_checked = std::time::Instant::now();
+    let limit = i64::from(rule.settings.batch_size);
+    for (i, leaf) in slices.leaves.iter().enumerate() {
+        let last_leaf = i + 1 == slices.leaves.len();
         let (pages, per_page) = match heap_size(conn, leaf).await {
             Ok(s) => s,
             Err(e) => return done.stop(Outcome::Failed, describe_db_error(&e)),
         };
+        let (mut lo, end) = slices.range(pages, part);
         // A window that holds about one batch of rows if every row matched.
         let mut window = ((limit as f64 / per_page).floor() as u32).clamp(1, MAX_WINDOW_PAGES);
-        let mut lo = 0u32;
-        while lo < pages {
-            if cancel.is_cancelled() {
-                let reason = format!(
-                    "interrupted after {} batches; a rerun resumes",
-                    done.batches
-                );
+        while lo < end {
+            if let Some(reason) = shared.stopped(done.batches) {
                 return done.stop(Outcome::Interrupted, reason);
             }
-            if let Some(claim) = claim.filter(|_| claim_checked.elapsed() >= CLAIM_CHECK_INTERVAL) {
+            if shared
+                .complete_at
+                .is_some_and(|n| shared.budget.used() >= n)
+            {
+                tracing::debug!(rule = %rule.name, part, "Every row the count found is done; the rest of the heap is not walked.");
+                return done;
+            }
+            if let Some(claim) = shared
+                .claim
+                .filter(|_| claim_checked.elapsed() >= CLAIM_CHECK_INTERVAL)
+            {
                 if !claim.held().await {
                     let reason = format!(
                         "lost the rule's claim after {} batches (the audit store's session ended, e.g. a database restart); \
@@ -344,25 +514,20 @@ async fn batches(
                 }
                 claim_checked = std::time::Instant::now();
             }
-            let hi = lo.saturating_add(window).min(pages);
-            // Conflicting rows a mask deletes count against the cap too.
-            let remaining = cap.map(|c| c - done.affected - done.conflicts_deleted);
-            let durable = run_id.map(|id| (id, done.totals()));
-            let durable = durable.as_ref().map(|(id, t)| (*id, t));
+            let hi = lo.saturating_add(window).min(end);
+            let durable = shared.run_id.map(|id| (id, part, done.totals()));
+            let durable = durable.as_ref().map(|(id, part, t)| (*id, *part, t));
             let started = std::time::Instant::now();
             match batch_with_retries(
                 conn,
-                rule,
-                resolved,
-                link,
+                shared,
                 leaf,
                 (lo, hi),
                 limit,
-                remaining,
                 durable,
                 // The last window commits synchronously: for a small table
                 // (one batch) that is the only flush the run needs.
-                relaxed && !(last_leaf && hi >= pages),
+                shared.relaxed && !(last_leaf && hi >= end),
             )
             .await
             {
@@ -385,16 +550,27 @@ async fn batches(
                     if done.refused.is_none() {
                         done.refused = c.refused;
                     }
+                    if changed + c.conflicts_deleted > 0 {
+                        *done.by_leaf.entry(leaf.to_string()).or_default() +=
+                            changed + c.conflicts_deleted;
+                    }
+                    // Every window, changed or not: how long each
+                    // transaction held its locks.
+                    tracing::debug!(
+                        rule = %rule.name,
+                        part,
+                        rows = changed,
+                        pages = hi - lo,
+                        ms = started.elapsed().as_secs_f64() * 1e3,
+                        "Batch committed."
+                    );
                     if changed > 0 {
                         done.batches += 1;
                         done.affected += changed;
-                        progress.batch_done(&rule.name, done.affected, expected);
-                        tracing::debug!(
-                            rule = %rule.name,
-                            rows = changed,
-                            pages = hi - lo,
-                            ms = started.elapsed().as_secs_f64() * 1e3,
-                            "Batch committed."
+                        shared.progress.batch_done(
+                            &rule.name,
+                            shared.budget.used(),
+                            shared.expected,
                         );
                     }
                     window = next_window(hi - lo, changed, limit);
@@ -411,14 +587,67 @@ async fn batches(
                     let reason = format!(
                         "stopped before passing the max_fraction cap ({} rows): {} rows changed, the next batch of {changed} \
                          was rolled back; the table changed since the plan, check the rule",
-                        cap.unwrap_or_default(),
-                        done.affected
+                        shared.budget.cap.unwrap_or_default(),
+                        shared.budget.used()
                     );
                     return done.stop(Outcome::Refused, reason);
                 }
                 Err(e) => return done.stop(Outcome::Failed, describe_db_error(&e)),
             }
         }
+    }
+    done
+}
+
+/// The workers' results as one: counts added up; the outcome is the
+/// worst, with its reason.
+fn merge(results: Vec<Executed>) -> Executed {
+    let rank = |o: Outcome| match o {
+        Outcome::Failed => 3,
+        Outcome::Refused => 2,
+        Outcome::Interrupted => 1,
+        _ => 0,
+    };
+    let mut all = Executed::none(Outcome::Ok, None);
+    for r in results {
+        all.affected += r.affected;
+        all.objects += r.objects;
+        all.bytes += r.bytes;
+        all.kept += r.kept;
+        add_all(&mut all.cascaded, r.cascaded);
+        add_all(&mut all.skipped, r.skipped);
+        add_all(&mut all.partitions_dropped, r.partitions_dropped);
+        add_all(&mut all.by_leaf, r.by_leaf);
+        all.blob_failures.0 += r.blob_failures.0;
+        if all.blob_failures.1.is_none() {
+            all.blob_failures.1 = r.blob_failures.1;
+        }
+        if all.refused.is_none() {
+            all.refused = r.refused;
+        }
+        all.conflicts += r.conflicts;
+        all.conflicts_deleted += r.conflicts_deleted;
+        all.batches += r.batches;
+        all.durable &= r.durable;
+        // A worker stopped by another says less than the one that stopped.
+        let stopped_by_other = r
+            .reason
+            .as_deref()
+            .is_some_and(|why| why.starts_with("stopped because another worker"));
+        if rank(r.outcome) > rank(all.outcome)
+            || (rank(r.outcome) == rank(all.outcome) && all.reason.is_none() && !stopped_by_other)
+        {
+            all.outcome = r.outcome;
+            all.reason = r.reason;
+        }
+    }
+    all
+}
+
+/// The end of a run: failed object deletes and refused rows are said.
+fn finish(mut done: Executed) -> Executed {
+    if done.outcome != Outcome::Ok {
+        return done;
     }
     if done.blob_failures.0 > 0 {
         let reason = format!(
@@ -531,26 +760,23 @@ fn is_retryable(e: &sqlx::Error) -> bool {
 #[allow(clippy::too_many_arguments)]
 async fn batch_with_retries(
     conn: &mut sqlx::PgConnection,
-    rule: &Rule,
-    resolved: &ResolvedRule,
-    link: Option<&Linked<'_>>,
+    shared: &Shared<'_>,
     leaf: &str,
     window: (u32, u32),
     limit: i64,
-    remaining: Option<i64>,
-    durable: Option<(&str, &Totals)>,
+    durable: Option<(&str, u32, &Totals)>,
     relaxed: bool,
 ) -> Result<Attempt, sqlx::Error> {
+    let rule = shared.rule;
     let mut attempt = 0;
     let mut row_by_row = false;
     loop {
         match one_batch(
-            conn, rule, resolved, link, leaf, window, limit, remaining, durable, row_by_row,
-            relaxed,
+            conn, shared, leaf, window, limit, durable, row_by_row, relaxed,
         )
         .await
         {
-            Err(e) if row_refusal(&e).is_some() && link.is_none() && !row_by_row => {
+            Err(e) if row_refusal(&e).is_some() && shared.link.is_none() && !row_by_row => {
                 tracing::warn!(rule = %rule.name, error = %e, "A row breaks a constraint; changing this window row by row.");
                 row_by_row = true;
             }
@@ -568,17 +794,15 @@ async fn batch_with_retries(
 #[allow(clippy::too_many_arguments)]
 async fn one_batch(
     conn: &mut sqlx::PgConnection,
-    rule: &Rule,
-    resolved: &ResolvedRule,
-    link: Option<&Linked<'_>>,
+    shared: &Shared<'_>,
     leaf: &str,
     (lo, hi): (u32, u32),
     limit: i64,
-    remaining: Option<i64>,
-    durable: Option<(&str, &Totals)>,
+    durable: Option<(&str, u32, &Totals)>,
     row_by_row: bool,
     relaxed: bool,
 ) -> Result<Attempt, sqlx::Error> {
+    let (rule, resolved, link) = (shared.rule, shared.resolved, shared.link);
     let mut tx = batch::begin(
         conn,
         rule.settings.lock_timeout,
@@ -709,7 +933,9 @@ async fn one_batch(
         tx.rollback().await?;
         return Ok(Attempt::TooLarge(changed));
     }
-    if remaining.is_some_and(|r| changed + c.conflicts_deleted > r) {
+    // Conflicting rows a mask deletes count against the cap too.
+    let taken = changed + c.conflicts_deleted;
+    if !shared.budget.reserve(taken) {
         tx.rollback().await?;
         return Ok(Attempt::OverCap(changed));
     }
@@ -723,14 +949,21 @@ async fn one_batch(
         || !c.skipped.is_empty()
         || c.objects > 0
         || c.conflicts + c.conflicts_deleted > 0;
-    if let Some((run_id, so_far)) = durable.filter(|_| changed_anything) {
-        // The count commits with the batch, or neither does.
-        let mut next = so_far.clone();
-        c.add_to(&mut next);
-        progress::record(&mut tx, run_id, &rule.name, &next).await?;
-        c.wrote_progress = Some(relaxed);
+    let committed = async {
+        if let Some((run_id, part, so_far)) = durable.filter(|_| changed_anything) {
+            // The count commits with the batch, or neither does.
+            let mut next = so_far.clone();
+            c.add_to(&mut next);
+            progress::record_part(&mut tx, run_id, part, &rule.name, &next).await?;
+            c.wrote_progress = Some(relaxed);
+        }
+        tx.commit().await
     }
-    tx.commit().await?;
+    .await;
+    if let Err(e) = committed {
+        shared.budget.release(taken);
+        return Err(e);
+    }
     Ok(Attempt::Committed(c))
 }
 
@@ -817,5 +1050,61 @@ impl Linked<'_> {
                 .map(|m| BlobRef::to(m, m.version.clone()))
                 .collect(),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_shared_by_workers_never_passes_its_cap() {
+        let budget = Budget::new(Some(10));
+        assert!(budget.reserve(6));
+        assert!(!budget.reserve(5), "6 + 5 would pass 10");
+        assert_eq!(budget.used(), 6, "a refused reservation takes nothing");
+        assert!(budget.reserve(4));
+        budget.release(4);
+        assert_eq!(budget.remaining(), Some(4));
+        let unlimited = Budget::new(None);
+        assert!(unlimited.reserve(i64::MAX / 2));
+        // Threads racing for the last rows: together they take at most 10.
+        let budget = std::sync::Arc::new(Budget::new(Some(10)));
+        let taken: i64 = (0..8)
+            .map(|_| {
+                let b = budget.clone();
+                std::thread::spawn(move || (0..10).filter(|_| b.reserve(1)).count() as i64)
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .sum();
+        assert_eq!(taken, 10);
+    }
+
+    #[test]
+    fn slices_cover_every_page_once() {
+        for parts in 1..=5 {
+            let s = Slices { leaves: &[], parts };
+            for pages in [0u32, 1, 2, 7, 1000, u32::MAX] {
+                let mut next = 0;
+                for part in 0..parts {
+                    let (lo, hi) = s.range(pages, part);
+                    assert_eq!(lo, next, "{pages} pages, part {part} of {parts}");
+                    assert!(hi >= lo);
+                    next = hi;
+                }
+                assert_eq!(next, pages);
+            }
+        }
+    }
+
+    #[test]
+    fn the_next_window_aims_at_nine_tenths_of_a_batch() {
+        assert_eq!(next_window(100, 5000, 5000), 90);
+        assert_eq!(next_window(100, 2500, 5000), 180);
+        assert_eq!(next_window(100, 0, 5000), 400, "at most fourfold");
+        assert_eq!(next_window(1, 100_000, 5000), 1, "never below a page");
+        assert_eq!(next_window(10_000, 1, 5000), MAX_WINDOW_PAGES);
     }
 }

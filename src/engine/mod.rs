@@ -359,7 +359,12 @@ impl Runner<'_> {
                             Some(claim),
                             link.as_ref(),
                             self.progress,
-                            report.matched,
+                            // Rows a unique key refuses are found (and
+                            // counted) only by walking on.
+                            (
+                                report.matched,
+                                (report.conflicts.unwrap_or(0) == 0).then_some(report.matched),
+                            ),
                             Some(run_id.as_str()),
                         )
                         .await
@@ -459,11 +464,21 @@ async fn analyze_changed(
     done: &batches::Executed,
     total: i64,
 ) {
-    let mut changed = vec![(
-        resolved.table.quoted.clone(),
-        done.affected + done.conflicts_deleted,
-        Some(total),
-    )];
+    // A partitioned table's statistics live in its leaves: analyze the
+    // ones batches changed (dropped partitions took theirs along), not the
+    // parent, whose ANALYZE would sample and analyze every partition.
+    let mut changed = if resolved.table.partitioned {
+        done.by_leaf
+            .iter()
+            .map(|(leaf, n)| (leaf.clone(), *n, None))
+            .collect()
+    } else {
+        vec![(
+            resolved.table.quoted.clone(),
+            done.affected + done.conflicts_deleted,
+            Some(total),
+        )]
+    };
     for c in &resolved.cascaded {
         if let Some(n) = done.cascaded.get(&c.name.to_string()) {
             changed.push((c.quoted.clone(), *n, None));

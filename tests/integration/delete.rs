@@ -661,7 +661,7 @@ async fn delete_batches_never_exceed_batch_size_when_density_jumps() {
         None,
         None,
         &sizes,
-        prepared.report.matched,
+        (prepared.report.matched, None),
         None,
     )
     .await;

@@ -121,6 +121,22 @@ pub fn count_sql(rule: &ResolvedRule) -> String {
 
 /// The counting query over `relation` (the table or one of its leaves).
 fn count_sql_in(rule: &ResolvedRule, relation: &str) -> String {
+    if rule.mask.is_none() && rule.protected == "false" && rule.protected_by.is_empty() {
+        // Nothing to evaluate per row but the age: three plain counts an
+        // index on the age answers alone (an index-only scan of the due
+        // rows, a probe for NULLs), where the general form below reads
+        // every due row through a per-row subquery (0.17 s against
+        // 0.63 s for 3.5M due rows).
+        return format!(
+            "SELECT (SELECT count(*) FROM {relation})::int8 AS total, d.matched, 0::int8 AS protected, \
+                    0::int8 AS unparsable, d.oldest, \
+                    (SELECT count(*) FROM {relation} AS t WHERE {null_age})::int8 AS null_age \
+             FROM (SELECT count(*)::int8 AS matched, {oldest} AS oldest FROM {relation} AS t WHERE {due}) AS d",
+            null_age = rule.null_age,
+            due = rule.due,
+            oldest = sql::age_as_timestamptz(&format!("min({})", rule.age.sql("t")), rule.age.ty),
+        );
+    }
     let (masked, unparsable) = match &rule.mask {
         Some(m) => (m.masked.as_str(), m.unparsable.as_str()),
         None => ("false", "false"),
