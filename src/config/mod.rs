@@ -86,6 +86,9 @@ pub struct Settings {
     /// The daemon starts each scheduled run up to this much later (a fixed
     /// offset per rule), to spread rules that share a schedule.
     pub jitter: Duration,
+    /// Table rules: batches run over this many disjoint heap ranges at once,
+    /// each on its own connection (at most what the store's pool has free).
+    pub parallelism: u32,
 }
 
 impl Default for Settings {
@@ -98,6 +101,7 @@ impl Default for Settings {
             lock_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(60),
             jitter: Duration::ZERO,
+            parallelism: 1,
         }
     }
 }

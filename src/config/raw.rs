@@ -43,6 +43,7 @@ pub struct RawDefaults {
     pub lock_timeout: Option<SStr>,
     pub statement_timeout: Option<SStr>,
     pub jitter: Option<SStr>,
+    pub parallelism: Option<Spanned<i64>>,
 }
 
 /// `[audit]`: where the signed records go and who signs them.
@@ -126,6 +127,7 @@ pub struct RawRule {
     pub lock_timeout: Option<SStr>,
     pub statement_timeout: Option<SStr>,
     pub jitter: Option<SStr>,
+    pub parallelism: Option<Spanned<i64>>,
 }
 
 /// A masking strategy: `"ip_prefix"` or `{ strategy = "hmac", key_env = "K" }`,

@@ -232,6 +232,7 @@ struct SettingsKeys<'a> {
     lock_timeout: Option<&'a SStr>,
     statement_timeout: Option<&'a SStr>,
     jitter: Option<&'a SStr>,
+    parallelism: Option<&'a Spanned<i64>>,
 }
 
 impl<'a> SettingsKeys<'a> {
@@ -244,6 +245,7 @@ impl<'a> SettingsKeys<'a> {
             lock_timeout: d.and_then(|d| d.lock_timeout.as_ref()),
             statement_timeout: d.and_then(|d| d.statement_timeout.as_ref()),
             jitter: d.and_then(|d| d.jitter.as_ref()),
+            parallelism: d.and_then(|d| d.parallelism.as_ref()),
         }
     }
 
@@ -256,6 +258,7 @@ impl<'a> SettingsKeys<'a> {
             lock_timeout: r.lock_timeout.as_ref(),
             statement_timeout: r.statement_timeout.as_ref(),
             jitter: r.jitter.as_ref(),
+            parallelism: r.parallelism.as_ref(),
         }
     }
 }
@@ -294,6 +297,16 @@ fn settings(cx: &mut Ctx, base: &Settings, keys: &SettingsKeys) -> Settings {
                 v.span(),
                 format!("batch_size {} is out of range", v.get_ref()),
                 "use a whole number from 1 to 1000000; 5000 suits most tables",
+            ),
+        }
+    }
+    if let Some(v) = keys.parallelism {
+        match u32::try_from(*v.get_ref()) {
+            Ok(n) if (1..=16).contains(&n) => s.parallelism = n,
+            _ => cx.err(
+                v.span(),
+                format!("parallelism {} is out of range", v.get_ref()),
+                "use a whole number from 1 to 16, at most the store's max_connections; 2 suits a 2-core server",
             ),
         }
     }

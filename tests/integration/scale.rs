@@ -1,7 +1,8 @@
-//! Partitioned tables: expired partitions are dropped whole, everything
-//! else (a partition holding a protected row, the one straddling the
-//! cutoff, the default partition, a partition PostgreSQL will not drop) is
-//! purged in batches; and statistics are refreshed after a large purge.
+//! Scale: expired partitions are dropped whole, everything else (a
+//! partition holding a protected row, the one straddling the cutoff, the
+//! default partition, a partition PostgreSQL will not drop) is purged in
+//! batches; `parallelism` splits a rule's heap between workers, exactly
+//! counted even when killed; statistics are refreshed after a large purge.
 
 use crate::util::*;
 use serde_json::Value;
@@ -32,7 +33,7 @@ const DAYS: &str = "
 const AT: &str = "2026-01-08T12:00:00Z";
 
 #[tokio::test]
-async fn partition_expired_partitions_are_dropped_the_rest_purged_in_batches() {
+async fn scale_partition_expired_partitions_are_dropped_the_rest_purged_in_batches() {
     let env = Env::new().await;
     env.db.exec(DAYS).await;
     let cfg = env.config(&format!(
@@ -122,7 +123,7 @@ async fn partition_expired_partitions_are_dropped_the_rest_purged_in_batches() {
 }
 
 #[tokio::test]
-async fn partition_by_another_key_or_with_where_is_purged_in_batches() {
+async fn scale_partition_by_another_key_or_with_where_is_purged_in_batches() {
     let env = Env::new().await;
     env.db
         .exec(
@@ -160,7 +161,7 @@ async fn partition_by_another_key_or_with_where_is_purged_in_batches() {
 }
 
 #[tokio::test]
-async fn partition_statistics_are_refreshed_after_a_purge_of_more_than_a_tenth() {
+async fn scale_statistics_are_refreshed_after_a_purge_of_more_than_a_tenth() {
     let env = Env::new().await;
     env.db
         .exec(
@@ -196,6 +197,142 @@ async fn partition_statistics_are_refreshed_after_a_purge_of_more_than_a_tenth()
     assert_eq!(
         analyzed("small_change").await[0].split(' ').next(),
         Some("false")
+    );
+}
+
+#[tokio::test]
+async fn scale_parallel_workers_delete_and_mask_exactly_what_one_would() {
+    let env = Env::new().await;
+    env.db
+        .exec(
+            "CREATE TABLE par (id int PRIMARY KEY, at timestamptz NOT NULL, ip inet);
+             INSERT INTO par SELECT g, CASE WHEN g % 10 < 7 THEN '2025-01-01+00'::timestamptz ELSE '2026-01-08+00' END,
+                                    ('10.0.' || (g % 250) || '.' || (g % 199 + 1))::inet
+               FROM generate_series(1, 20000) g;
+             CREATE TABLE par_mask AS SELECT * FROM par;",
+        )
+        .await;
+    let cfg = env.config(&format!(
+        "{}[[rules]]\nname = \"mask\"\nstore = \"app\"\ntable = \"par_mask\"\nage = \"at\"\nkeep = \"1d\"\n\
+         action = \"mask\"\ncolumns = {{ ip = \"ip_prefix\" }}\nmax_fraction = 1.0\nbatch_size = 500\nparallelism = 2\n",
+        rule("del", "par", "parallelism = 2")
+    ));
+    let run = json_cmd_with(
+        "run",
+        &cfg,
+        &["--at", AT, "--log-format", "json"],
+        &[("RETENTIOND_LOG", "retentiond=debug")],
+    );
+    assert_eq!(run.code, 0, "{run}");
+    assert_eq!(run.rule("del")["affected"], 14000, "{run}");
+    assert_eq!(run.rule("mask")["affected"], 14000, "{run}");
+    // Both workers did part of the work, each batch within batch_size.
+    for part in [0, 1] {
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.contains("Batch committed.") && l.contains(&format!("\"part\":{part}"))),
+            "worker {part} committed no batch: {run}"
+        );
+    }
+    assert_eq!(
+        env.db.count("SELECT count(*) FROM par").await,
+        6000,
+        "the young rows stay"
+    );
+    assert_eq!(
+        env.db
+            .count("SELECT count(*) FROM par_mask WHERE at < '2026-01-01' AND ip <> set_masklen(network(set_masklen(ip, 24)), 32)")
+            .await,
+        0,
+        "every due address is masked"
+    );
+    let again = json_cmd("run", &cfg, &["--at", AT]);
+    assert_eq!(again.code, 0, "{again}");
+    assert_eq!(again.rule("del")["affected"], 0, "{again}");
+    assert_eq!(again.rule("mask")["affected"], 0, "{again}");
+}
+
+#[tokio::test]
+async fn scale_a_killed_parallel_run_is_counted_exactly_by_the_next_one() {
+    let env = Env::new().await;
+    env.db
+        .exec(
+            "CREATE TABLE parents (id int PRIMARY KEY, at timestamptz);
+             CREATE TABLE kids (id int PRIMARY KEY, parent_id int REFERENCES parents ON DELETE CASCADE);
+             INSERT INTO parents SELECT g, '2025-01-01+00' FROM generate_series(1, 40000) g;
+             INSERT INTO kids SELECT g, g FROM generate_series(1, 40000) g;
+             CREATE INDEX ON kids (parent_id);
+             CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.05); RETURN NULL; END $$;
+             CREATE TRIGGER slow AFTER DELETE ON parents FOR EACH STATEMENT EXECUTE FUNCTION slow();",
+        )
+        .await;
+    let cfg = env.config(&rule("parents", "parents", "parallelism = 2"));
+    let cfg_text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("batch_size = 2", "batch_size = 500");
+    let cfg = env.write("retention.toml", &cfg_text);
+    let mut child = spawn_run(&cfg);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Both workers have committed batches.
+    while env
+        .db
+        .count(
+            "SELECT count(DISTINCT part) FILTER (WHERE affected > 0) FROM retentiond.run_progress",
+        )
+        .await
+        < 2
+        || env
+            .db
+            .count("SELECT coalesce(sum(affected), 0)::int8 FROM retentiond.run_progress")
+            .await
+            < 3000
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run made no progress"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    // A COMMIT sent just before the kill still completes on the server.
+    while env
+        .db
+        .count(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'retentiond' AND datname = '{}'",
+            env.db.name
+        ))
+        .await
+        > 0
+    {
+        assert!(std::time::Instant::now() < deadline, "the killed run's sessions stay");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let gone_parents = 40000 - env.db.count("SELECT count(*) FROM parents").await;
+    let gone_kids = 40000 - env.db.count("SELECT count(*) FROM kids").await;
+    assert!(gone_parents > 0 && gone_parents < 40000, "{gone_parents}");
+    let rerun = json_cmd("run", &cfg, &[]);
+    assert_eq!(rerun.code, 0, "{rerun}");
+    assert_eq!(env.db.count("SELECT count(*) FROM parents").await, 0);
+    let key = retentiond::audit::key::load_public(&env.public_key).expect("public key");
+    let records = crate::chain::assert_valid(&env.db.pool, &key).await;
+    let outcomes = crate::chain::of(&records, "run_outcome", "parents");
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    assert_eq!(outcomes[0]["outcome"], "abandoned");
+    assert_eq!(outcomes[0]["counts"]["affected"], gone_parents);
+    assert_eq!(outcomes[0]["counts"]["cascaded"]["public.kids"], gone_kids);
+    let total: i64 = outcomes
+        .iter()
+        .map(|o| o["counts"]["affected"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 40000, "every removed row is counted once");
+    assert_eq!(
+        env.db
+            .count("SELECT count(*) FROM retentiond.run_progress")
+            .await,
+        0,
+        "progress rows are dropped once recorded"
     );
 }
 

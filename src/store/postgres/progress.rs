@@ -78,12 +78,25 @@ pub async fn record(
     rule: &str,
     t: &Totals,
 ) -> Result<(), sqlx::Error> {
+    record_part(conn, run_id, 0, rule, t).await
+}
+
+/// Sets the totals of one worker (`part`) of a run with `parallelism`:
+/// each worker writes only its own row, so concurrent batches never update
+/// the same one. The run's totals are the sum of its rows ([`read`]).
+pub async fn record_part(
+    conn: &mut PgConnection,
+    run_id: &str,
+    part: u32,
+    rule: &str,
+    t: &Totals,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO retentiond.run_progress AS p \
              (run_id, rule, affected, objects, bytes, batches, cascaded, skipped, conflicts, conflicts_deleted, \
-              partitions_dropped, updated) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, now()) \
-         ON CONFLICT (run_id) DO UPDATE SET affected = EXCLUDED.affected, objects = EXCLUDED.objects, \
+              partitions_dropped, part, updated) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now()) \
+         ON CONFLICT (run_id, part) DO UPDATE SET affected = EXCLUDED.affected, objects = EXCLUDED.objects, \
              bytes = EXCLUDED.bytes, batches = EXCLUDED.batches, cascaded = EXCLUDED.cascaded, \
              skipped = EXCLUDED.skipped, conflicts = EXCLUDED.conflicts, \
              conflicts_deleted = EXCLUDED.conflicts_deleted, \
@@ -100,31 +113,32 @@ pub async fn record(
     .bind(t.conflicts)
     .bind(t.conflicts_deleted)
     .bind(Json(&t.partitions_dropped))
+    .bind(i32::try_from(part).unwrap_or(i32::MAX))
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// The row of `run_id`, if the run wrote one.
+/// The totals of `run_id` (the sum of its workers' rows), if the run wrote
+/// any.
 pub async fn read(pool: &PgPool, run_id: &str) -> Result<Option<Found>, sqlx::Error> {
-    let Some(r) = sqlx::query(
+    let rows = sqlx::query(
         "SELECT affected, objects, bytes, batches, cascaded, skipped, conflicts, conflicts_deleted, \
                 partitions_dropped, outcome, outcome_error \
-         FROM retentiond.run_progress WHERE run_id = $1",
+         FROM retentiond.run_progress WHERE run_id = $1 ORDER BY part",
     )
     .bind(run_id)
-    .fetch_optional(pool)
-    .await?
-    else {
-        return Ok(None);
-    };
-    let Json(cascaded): Json<BTreeMap<String, i64>> = r.try_get("cascaded")?;
-    let Json(skipped): Json<BTreeMap<String, i64>> = r.try_get("skipped")?;
-    let Json(partitions_dropped): Json<BTreeMap<String, i64>> = r.try_get("partitions_dropped")?;
-    let outcome: Option<String> = r.try_get("outcome")?;
-    let error: Option<String> = r.try_get("outcome_error")?;
-    Ok(Some(Found {
-        totals: Totals {
+    .fetch_all(pool)
+    .await?;
+    let mut found: Option<Found> = None;
+    for r in rows {
+        let Json(cascaded): Json<BTreeMap<String, i64>> = r.try_get("cascaded")?;
+        let Json(skipped): Json<BTreeMap<String, i64>> = r.try_get("skipped")?;
+        let Json(partitions_dropped): Json<BTreeMap<String, i64>> =
+            r.try_get("partitions_dropped")?;
+        let outcome: Option<String> = r.try_get("outcome")?;
+        let error: Option<String> = r.try_get("outcome_error")?;
+        let part = Totals {
             affected: r.try_get("affected")?,
             objects: r.try_get("objects")?,
             bytes: r.try_get("bytes")?,
@@ -134,9 +148,38 @@ pub async fn read(pool: &PgPool, run_id: &str) -> Result<Option<Found>, sqlx::Er
             conflicts: r.try_get("conflicts")?,
             conflicts_deleted: r.try_get("conflicts_deleted")?,
             partitions_dropped,
-        },
-        unwritten: outcome.map(|o| (o, error.unwrap_or_default())),
-    }))
+        };
+        let f = found.get_or_insert_with(|| Found {
+            totals: Totals::default(),
+            unwritten: None,
+        });
+        f.totals.add(part);
+        if let Some(o) = outcome {
+            f.unwritten = Some((o, error.unwrap_or_default()));
+        }
+    }
+    Ok(found)
+}
+
+impl Totals {
+    /// Adds another worker's totals.
+    fn add(&mut self, o: Totals) {
+        self.affected += o.affected;
+        self.objects += o.objects;
+        self.bytes = self.bytes.saturating_add(o.bytes);
+        self.batches += o.batches;
+        self.conflicts += o.conflicts;
+        self.conflicts_deleted += o.conflicts_deleted;
+        for (into, from) in [
+            (&mut self.cascaded, o.cascaded),
+            (&mut self.skipped, o.skipped),
+            (&mut self.partitions_dropped, o.partitions_dropped),
+        ] {
+            for (k, v) in from {
+                *into.entry(k).or_default() += v;
+            }
+        }
+    }
 }
 
 /// Notes that the run ended with `outcome` but its record failed (`error`),
@@ -149,17 +192,24 @@ pub async fn mark_unwritten(
     outcome: &str,
     error: &str,
 ) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
     let mut conn = pool.acquire().await?;
-    record(&mut conn, run_id, rule, totals).await?;
+    // The final totals replace the workers' rows, in one transaction.
+    let mut tx = conn.begin().await?;
+    sqlx::query("DELETE FROM retentiond.run_progress WHERE run_id = $1 AND part <> 0")
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+    record(&mut tx, run_id, rule, totals).await?;
     sqlx::query(
         "UPDATE retentiond.run_progress SET outcome = $2, outcome_error = $3 WHERE run_id = $1",
     )
     .bind(run_id)
     .bind(outcome)
     .bind(error)
-    .execute(&mut *conn)
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    tx.commit().await
 }
 
 /// Drops the row once the run's outcome record is written. Without
