@@ -47,10 +47,18 @@ fn bench_quick_writes_every_table() {
     let out = dir.path().join("BENCHMARKS.md");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench");
     let started = Instant::now();
-    let run = Command::new("bash")
+    let mut command = Command::new("bash");
+    command
         .arg(script)
         .args(["--quick", "--bin", BIN, "--out"])
-        .arg(&out)
+        .arg(&out);
+    // `cargo test --all-targets` (scripts/test) builds examples/audit_gen
+    // beside the binary; only without it does scripts/bench run cargo itself.
+    let audit_gen = std::path::Path::new(BIN).with_file_name("examples/audit_gen");
+    if audit_gen.is_file() {
+        command.arg("--audit-gen").arg(&audit_gen);
+    }
+    let run = command
         .env_remove("RETENTIOND_CONFIG")
         .env_remove("DATABASE_URL")
         .output()
