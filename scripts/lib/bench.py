@@ -911,7 +911,7 @@ def section_audit():
     p2 = Proc([gen, f"{keys}/signing.pem", os.path.join(WORK, "discard.jsonl"), "0",
                db_url("audit_bench"), str(AUDIT_APPEND)])
     wal = wal_since(lsn)
-    m = re.search(r"appended (\d+) records .* in ([0-9.]+) s", p2.stdout)
+    m = re.search(r"appended (\d+) records.*? in ([0-9.]+) s", p2.stdout)
     if p2.code != 0 or not m:
         failures.append(f"audit append: {p2.error()}")
         sec.add(Row("append to PostgreSQL", text=f"failed: {p2.error()}"))
