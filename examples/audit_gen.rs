@@ -1,8 +1,11 @@
 //! Writes N signed, chained audit records (realistic `run_outcome`s) as a
 //! JSONL export, to measure `retentiond audit verify` at scale; with `--db`,
-//! appends M records to a real audit log to measure the write rate.
+//! appends M records to a real audit log to measure the write rate: one
+//! writer appending one record at a time (one transaction each), then with
+//! W > 1 also W concurrent writers in this process, whose appends the log
+//! writes in shared transactions (group commit).
 //!
-//! cargo run --release --example audit_gen -- KEY.pem OUT.jsonl N [DB_URL M]
+//! cargo run --release --example audit_gen -- KEY.pem OUT.jsonl N [DB_URL M [W]]
 
 use retentiond::audit::key::Signer;
 use retentiond::audit::record::{seal, Event, GENESIS};
@@ -34,7 +37,7 @@ fn event(i: i64) -> Event {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
-        eprintln!("usage: audit_gen KEY.pem OUT.jsonl N [DB_URL M]");
+        eprintln!("usage: audit_gen KEY.pem OUT.jsonl N [DB_URL M [W]]");
         std::process::exit(2);
     }
     let signer = Signer::load(std::path::Path::new(&args[1]))?;
@@ -68,6 +71,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let secs = start.elapsed().as_secs_f64();
         println!("appended {m} records to retentiond.audit_log in {secs:.2} s ({:.0} records/s, one writer, one transaction each)", m as f64 / secs);
+        let writers: i64 = args.get(6).map_or(Ok(1), |w| w.parse())?;
+        if writers > 1 {
+            let log = std::sync::Arc::new(log);
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..writers)
+                .map(|w| {
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        let mut i = m + w;
+                        while i < 2 * m {
+                            log.append(&event(i)).await?;
+                            i += writers;
+                        }
+                        Ok::<_, retentiond::audit::AuditError>(())
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await??;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!("group commit: {writers} concurrent writers appended {m} records in {secs:.2} s ({:.0} records/s)", m as f64 / secs);
+        }
     }
     Ok(())
 }

@@ -4,7 +4,9 @@
 //! Appends are serialised by a transaction-scoped advisory lock, so several
 //! writers (replicas, a CLI run beside the daemon) still produce one gapless
 //! chain: each takes the lock, reads the head, inserts `head.seq + 1` with
-//! `prev = head.hash`, and commits.
+//! `prev = head.hash`, and commits. Within one process, appends that arrive
+//! while one is being written share the next transaction (group commit):
+//! one lock, one head read, one INSERT of all their records, one commit.
 
 use super::key::Signer;
 use super::record::{seal, Event, RecordError, Sealed, GENESIS};
@@ -29,6 +31,35 @@ pub struct AuditLog {
     /// Claim sessions released with their lock unlocked, for the next
     /// claim: a run of many rules opens one, not one per rule.
     idle_claims: IdleClaims,
+    /// Appends not yet written, in the order they arrived.
+    pending: std::sync::Mutex<Vec<Waiting>>,
+    /// Numbers the appends.
+    tickets: std::sync::atomic::AtomicU64,
+    /// Held by the append writing a group (see [`AuditLog::append`]).
+    writer: tokio::sync::Mutex<()>,
+}
+
+/// The columns of a group's records, for one INSERT.
+#[derive(Default)]
+struct Columns {
+    seq: Vec<i64>,
+    ts: Vec<DateTime<Utc>>,
+    kind: Vec<&'static str>,
+    rule: Vec<Option<String>>,
+    run_id: Vec<Option<String>>,
+    prev: Vec<String>,
+    hash: Vec<String>,
+    record: Vec<String>,
+}
+
+/// An append waiting for the writer.
+#[derive(Debug)]
+struct Waiting {
+    /// Tells the leader's own append from the others.
+    ticket: u64,
+    event: Event,
+    /// Where its result goes.
+    reply: tokio::sync::oneshot::Sender<Result<Sealed, AuditError>>,
 }
 
 /// Released claim connections (each holds no advisory lock).
@@ -53,6 +84,10 @@ pub enum AuditError {
     /// A record could not be built.
     #[error(transparent)]
     Record(#[from] RecordError),
+    /// This record was to be stored with others in one transaction, and
+    /// that failed (the error, as text).
+    #[error("{0}")]
+    Group(String),
     /// The JSONL mirror could not be written.
     #[error("audit JSONL mirror {}: {source}", path.display())]
     Mirror {
@@ -195,6 +230,9 @@ impl AuditLog {
             signer,
             jsonl,
             idle_claims: IdleClaims::default(),
+            pending: Default::default(),
+            tickets: Default::default(),
+            writer: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -216,9 +254,85 @@ impl AuditLog {
     }
 
     /// Seals `event` as the next record and stores it (and mirrors it).
+    ///
+    /// Appends of one process that arrive while another is being written
+    /// are written together after it: one transaction (one lock, one head
+    /// read, one INSERT, one commit) seals and stores them in the order they
+    /// were enqueued, and the mirror gets their lines in that order with one
+    /// fsync. An error storing the group fails every append in it (an event
+    /// that cannot be sealed fails only its own).
     pub async fn append(&self, event: &Event) -> Result<Sealed, AuditError> {
+        let (reply, mut result) = tokio::sync::oneshot::channel();
+        let ticket = self
+            .tickets
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.pending().push(Waiting {
+            ticket,
+            event: event.clone(),
+            reply,
+        });
+        let _writer = self.writer.lock().await;
+        // A leader that took our event sent its result before it let go of
+        // the writer lock.
+        match result.try_recv() {
+            Ok(r) => return r,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                return Err(AuditError::Group(
+                    "the append writing this record with others was cancelled; whether it was stored is unknown".into(),
+                ))
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+        }
+        // Still queued: lead. The group is everything queued so far, ours
+        // included (only the writer lock's holder drains the queue).
+        let group = std::mem::take(&mut *self.pending());
+        let events: Vec<&Event> = group.iter().map(|w| &w.event).collect();
+        let written = self.write_group(&events).await;
+        let mut own = None;
+        match written {
+            Ok(results) => {
+                for (w, r) in group.into_iter().zip(results) {
+                    let r = r.map_err(AuditError::from);
+                    if w.ticket == ticket {
+                        own = Some(r);
+                    } else {
+                        let _ = w.reply.send(r);
+                    }
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                for w in group.into_iter().filter(|w| w.ticket != ticket) {
+                    let _ = w.reply.send(Err(AuditError::Group(text.clone())));
+                }
+                own = Some(Err(e));
+            }
+        }
+        own.unwrap_or_else(|| {
+            Err(AuditError::Group(
+                "this record was not in the group written".into(),
+            ))
+        })
+    }
+
+    /// The appends waiting for the writer (a poisoned lock only means a
+    /// panic elsewhere; the queue itself is consistent).
+    fn pending(&self) -> std::sync::MutexGuard<'_, Vec<Waiting>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Seals `events` as the next records, in order, and stores them in one
+    /// transaction; then mirrors their lines (one fsync). An event that
+    /// cannot be sealed (its own fault) is skipped with its error; any other
+    /// error fails them all.
+    async fn write_group(
+        &self,
+        events: &[&Event],
+    ) -> Result<Vec<Result<Sealed, RecordError>>, AuditError> {
         // The mirror is opened first: a mirror that cannot be written stops
-        // the record before the database has it, so the two never diverge.
+        // the records before the database has them, so the two never diverge.
         let mirror = self.open_mirror()?;
         let mut conn = self.pool.acquire().await?;
         let mut tx = conn.begin().await?;
@@ -227,40 +341,75 @@ impl AuditLog {
             .execute(&mut *tx)
             .await?;
         // Read after the lock: in READ COMMITTED this statement's snapshot
-        // includes every record committed before we got the lock.
-        let row = sqlx::query(
+        // includes every record committed before we got the lock. One
+        // clock_timestamp() per record, each read as it is sealed would be.
+        let n = i32::try_from(events.len()).unwrap_or(i32::MAX);
+        let rows = sqlx::query(
             "SELECT clock_timestamp() AS ts, \
                     (SELECT seq FROM retentiond.audit_log ORDER BY seq DESC LIMIT 1) AS seq, \
-                    (SELECT hash FROM retentiond.audit_log ORDER BY seq DESC LIMIT 1) AS hash",
+                    (SELECT hash FROM retentiond.audit_log ORDER BY seq DESC LIMIT 1) AS hash \
+             FROM generate_series(1, $1) AS i ORDER BY i",
         )
-        .fetch_one(&mut *tx)
+        .bind(n)
+        .fetch_all(&mut *tx)
         .await?;
-        let ts: DateTime<Utc> = row.try_get("ts")?;
-        let seq = row.try_get::<Option<i64>, _>("seq")?.unwrap_or(0) + 1;
-        let prev = row
+        let Some(head) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let mut seq = head.try_get::<Option<i64>, _>("seq")?.unwrap_or(0);
+        let mut prev = head
             .try_get::<Option<String>, _>("hash")?
             .unwrap_or_else(|| GENESIS.to_string());
-        let sealed = seal(event, seq, ts, &prev, &self.signer)?;
-        let text = |key: &str| {
-            event
-                .fields
-                .get(key)
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        };
+        let mut results = Vec::with_capacity(events.len());
+        let mut columns = Columns::default();
+        for (event, row) in events.iter().zip(&rows) {
+            let ts: DateTime<Utc> = row.try_get("ts")?;
+            let record = match seal(event, seq + 1, ts, &prev, &self.signer) {
+                Ok(r) => r,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            seq += 1;
+            let text = |key: &str| {
+                event
+                    .fields
+                    .get(key)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            };
+            columns.seq.push(seq);
+            columns.ts.push(ts);
+            columns.kind.push(event.kind);
+            columns.rule.push(text("rule"));
+            columns.run_id.push(text("run_id"));
+            columns
+                .prev
+                .push(std::mem::replace(&mut prev, record.hash.clone()));
+            columns.hash.push(record.hash.clone());
+            columns.record.push(record.line.clone());
+            results.push(Ok(record));
+        }
+        if columns.seq.is_empty() {
+            return Ok(results);
+        }
         sqlx::query(
             "INSERT INTO retentiond.audit_log (seq, ts, kind, rule, run_id, prev, key_id, hash, record) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             SELECT seq, ts, kind, rule, run_id, prev, $7, hash, record \
+             FROM UNNEST($1::bigint[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                         $8::text[], $9::text[]) \
+                  AS r(seq, ts, kind, rule, run_id, prev, hash, record)",
         )
-        .bind(seq)
-        .bind(ts)
-        .bind(event.kind)
-        .bind(text("rule"))
-        .bind(text("run_id"))
-        .bind(&prev)
+        .bind(&columns.seq)
+        .bind(&columns.ts)
+        .bind(&columns.kind)
+        .bind(&columns.rule)
+        .bind(&columns.run_id)
+        .bind(&columns.prev)
         .bind(self.signer.key_id())
-        .bind(&sealed.hash)
-        .bind(&sealed.line)
+        .bind(&columns.hash)
+        .bind(&columns.record)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -269,11 +418,15 @@ impl AuditLog {
                 path: path.clone(),
                 source,
             };
-            file.write_all(format!("{}\n", sealed.line).as_bytes())
-                .map_err(err)?;
+            let mut lines = String::new();
+            for s in results.iter().flatten() {
+                lines.push_str(&s.line);
+                lines.push('\n');
+            }
+            file.write_all(lines.as_bytes()).map_err(err)?;
             file.sync_data().map_err(err)?;
         }
-        Ok(sealed)
+        Ok(results)
     }
 
     /// The JSONL mirror opened for appending, when one is configured.
