@@ -75,9 +75,19 @@ pub struct RunReport {
     pub rules: Vec<RuleReport>,
 }
 
+/// Rules [`Runner::run`] runs at once. Small rules spend most of their time
+/// waiting for commits (their audit records, their batch), so a few at once
+/// overlap those waits (and share the audit log's group commits); more
+/// would mostly compete for the store's pooled connections
+/// (`max_connections`, default 4) and the claim sessions kept for reuse.
+pub const CONCURRENT_RULES: usize = 4;
+
 impl Runner<'_> {
-    /// Records the config, then runs each rule in turn.
+    /// Records the config, then runs the rules, [`CONCURRENT_RULES`] at
+    /// once; rules that could touch the same data (see [`rule_conflicts`])
+    /// run one after another, in the order given. Reports keep that order.
     pub async fn run(&self, rules: &[&Rule]) -> RunReport {
+        use futures_util::StreamExt;
         let at = Utc::now();
         let mut reports = Vec::new();
         if let Err(e) = record_config(self.audit, self.config, "run").await {
@@ -90,16 +100,30 @@ impl Runner<'_> {
             }
             return RunReport { at, rules: reports };
         }
-        for rule in rules {
-            if self.cancel.is_cancelled() {
-                let mut r = RuleReport::new(rule);
-                r.outcome = Outcome::Interrupted;
-                r.reason = Some("not started: the run was interrupted".into());
-                reports.push(r);
-                continue;
-            }
-            reports.push(self.run_rule(rule).await);
+        let lanes = futures_util::stream::iter(rule_lanes(rules))
+            .map(|lane| async move {
+                let mut done = Vec::with_capacity(lane.len());
+                for i in lane {
+                    let rule = rules[i];
+                    if self.cancel.is_cancelled() {
+                        let mut r = RuleReport::new(rule);
+                        r.outcome = Outcome::Interrupted;
+                        r.reason = Some("not started: the run was interrupted".into());
+                        done.push((i, r));
+                        continue;
+                    }
+                    done.push((i, self.run_rule(rule).await));
+                }
+                done
+            })
+            .buffer_unordered(CONCURRENT_RULES)
+            .collect::<Vec<_>>()
+            .await;
+        let mut by_index: Vec<Option<RuleReport>> = rules.iter().map(|_| None).collect();
+        for (i, r) in lanes.into_iter().flatten() {
+            by_index[i] = Some(r);
         }
+        reports.extend(by_index.into_iter().flatten());
         self.write_checkpoint().await;
         RunReport { at, rules: reports }
     }
@@ -507,6 +531,67 @@ async fn analyze_changed(
     }
 }
 
+/// Indexes of `rules` in lanes: rules that conflict (directly or through
+/// others) share a lane, in their given order; lanes run concurrently.
+fn rule_lanes(rules: &[&Rule]) -> Vec<Vec<usize>> {
+    // Union-find over the conflict relation; a lane starts where its first
+    // rule stood.
+    let mut parent: Vec<usize> = (0..rules.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    for i in 0..rules.len() {
+        for j in 0..i {
+            if rule_conflicts(rules[i], rules[j]) {
+                let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+                parent[a.max(b)] = a.min(b);
+            }
+        }
+    }
+    let mut lanes: Vec<Vec<usize>> = Vec::new();
+    let mut lane_of = std::collections::HashMap::new();
+    for i in 0..rules.len() {
+        let r = root(&mut parent, i);
+        let lane = *lane_of.entry(r).or_insert_with(|| {
+            lanes.push(Vec::new());
+            lanes.len() - 1
+        });
+        lanes[lane].push(i);
+    }
+    lanes
+}
+
+/// True when two rules may touch the same data, so must not run at once
+/// (each would count without the other's effect): tables of the same name
+/// (schema, case and store ignored: `t` and `public.T` may be one table, and
+/// two stores may name one database), overlapping prefixes (store ignored
+/// too: two stores may name one bucket), or a table rule deleting linked objects (`blobs`) from a blob
+/// store another rule purges.
+fn rule_conflicts(a: &Rule, b: &Rule) -> bool {
+    use crate::config::Target;
+    fn linked(r: &Rule) -> Option<&str> {
+        match &r.target {
+            Target::Table(t) => t.blobs.as_ref().map(|b| b.store.as_str()),
+            Target::Prefix(_) => None,
+        }
+    }
+    match (&a.target, &b.target) {
+        (Target::Table(x), Target::Table(y)) => {
+            x.table.name.eq_ignore_ascii_case(&y.table.name)
+                || linked(a).is_some_and(|s| Some(s) == linked(b))
+        }
+        (Target::Prefix(x), Target::Prefix(y)) => {
+            x.prefix.starts_with(&y.prefix) || y.prefix.starts_with(&x.prefix)
+        }
+        (Target::Table(_), Target::Prefix(_)) => linked(a) == Some(b.store.as_str()),
+        (Target::Prefix(_), Target::Table(_)) => linked(b) == Some(a.store.as_str()),
+    }
+}
+
 /// A finished run's totals, for its progress row.
 fn totals_of(report: &RuleReport) -> Totals {
     Totals {
@@ -631,6 +716,17 @@ pub async fn record_config(
     );
     fields.insert("host".into(), host().into());
     fields.insert("command".into(), command.into());
+    // The rules in the config's order: a report read without the config
+    // lists them so (their runs' records interleave).
+    fields.insert(
+        "rules".into(),
+        config
+            .rules
+            .iter()
+            .map(|r| Value::from(r.name.as_str()))
+            .collect::<Vec<_>>()
+            .into(),
+    );
     // Whether the role writing this log could also rewrite it: an auditor
     // reads here what the chain's integrity rests on.
     let rights = match crate::audit::log::audit_rights(audit.pool()).await {
@@ -656,4 +752,78 @@ pub fn host() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rules `(name, store, target)` in a config with two databases and two
+    /// folders; a target with a `/` is a prefix, `files:` before a table
+    /// links its rows' objects in store `files`.
+    fn rules(specs: &[(&str, &str, &str)]) -> crate::config::Config {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (key, _, _) = crate::audit::key::generate(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let mut text = format!(
+            "version = 1\n\n[audit]\nstore = \"a\"\nsigning_key = \"{}\"\n\n\
+             [stores.a]\ntype = \"postgres\"\nurl = \"postgres://h/a\"\n\n\
+             [stores.b]\ntype = \"postgres\"\nurl = \"postgres://h/b\"\n\n\
+             [stores.files]\ntype = \"filesystem\"\nroot = \"/srv/f\"\n\n\
+             [stores.more]\ntype = \"filesystem\"\nroot = \"/srv/m\"\n\n",
+            key.display()
+        );
+        for (name, store, target) in specs {
+            text.push_str(&format!(
+                "[[rules]]\nname = \"{name}\"\nstore = \"{store}\"\n"
+            ));
+            if target.contains('/') {
+                text.push_str(&format!("prefix = \"{target}\"\n"));
+            } else if let Some(table) = target.strip_prefix("files:") {
+                text.push_str(&format!(
+                    "table = \"{table}\"\nage = \"at\"\nblobs = {{ store = \"files\", key_column = \"k\" }}\n"
+                ));
+            } else {
+                text.push_str(&format!("table = \"{target}\"\nage = \"at\"\n"));
+            }
+            text.push_str("keep = \"30d\"\naction = \"delete\"\n\n");
+        }
+        crate::config::Config::from_text(&dir.path().join("r.toml"), text, &|_| None)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn lanes(specs: &[(&str, &str, &str)]) -> Vec<Vec<usize>> {
+        let config = rules(specs);
+        let all: Vec<&Rule> = config.rules.iter().collect();
+        rule_lanes(&all)
+    }
+
+    #[test]
+    fn rules_on_one_table_share_a_lane_in_config_order() {
+        assert_eq!(
+            lanes(&[
+                ("1", "a", "events"),
+                ("2", "a", "users"),
+                ("3", "a", "public.Events"),
+                ("4", "b", "events"),
+                ("5", "b", "sessions"),
+            ]),
+            vec![vec![0, 2, 3], vec![1], vec![4]],
+        );
+    }
+
+    #[test]
+    fn overlapping_prefixes_and_linked_objects_share_a_lane() {
+        assert_eq!(
+            lanes(&[
+                ("1", "files", "tmp/"),
+                ("2", "more", "tmp/free/"),
+                ("3", "files", "logs/"),
+                ("4", "a", "files:uploads"),
+                ("5", "b", "files:avatars"),
+                ("6", "more", "cache/"),
+            ]),
+            // 4 and 5 delete objects of `files`, where 1 and 3 purge.
+            vec![vec![0, 1, 2, 3, 4], vec![5]],
+        );
+    }
 }

@@ -453,6 +453,9 @@ pub struct Builder {
     released: Vec<HoldInForce>,
     configs: Vec<ConfigAcc>,
     before: Option<ConfigAcc>,
+    /// The rule names of the latest `config_loaded` record that lists
+    /// them, in the config's order.
+    recorded_order: Vec<String>,
 }
 
 impl Builder {
@@ -472,6 +475,7 @@ impl Builder {
             released: Vec::new(),
             configs: Vec::new(),
             before: None,
+            recorded_order: Vec::new(),
         }
     }
 
@@ -526,6 +530,12 @@ impl Builder {
         match r.get("kind").and_then(Value::as_str) {
             Some("config_loaded") => {
                 let sha = text(r, "config_sha256").unwrap_or_default();
+                if let Some(rules) = r.get("rules").and_then(Value::as_array) {
+                    self.recorded_order = rules
+                        .iter()
+                        .filter_map(|n| n.as_str().map(str::to_string))
+                        .collect();
+                }
                 if inside {
                     let c = self.config(&sha, &ts_text);
                     c.loads += 1;
@@ -728,11 +738,24 @@ impl Builder {
             }
         }
         let (start, bucket_days, buckets) = self.buckets();
-        // Rules in order of first appearance; a rule's promises by time.
+        // Rules in the config's order (given, else the latest recorded: one
+        // run records its rules in any order, as they run concurrently),
+        // then rules no longer in it in order of first appearance; a rule's
+        // promises by time.
         let mut order: Vec<&String> = Vec::new();
-        for p in &self.promises {
-            if !order.contains(&&p.key.0) {
-                order.push(&p.key.0);
+        let configured: Vec<&str> = match cx.config {
+            Some(c) => c.rules.iter().map(|r| r.name.as_str()).collect(),
+            None => self.recorded_order.iter().map(String::as_str).collect(),
+        };
+        let configured = configured.into_iter().filter_map(|rule| {
+            self.promises
+                .iter()
+                .map(|p| &p.key.0)
+                .find(|name| name.as_str() == rule)
+        });
+        for name in configured.chain(self.promises.iter().map(|p| &p.key.0)) {
+            if !order.contains(&name) {
+                order.push(name);
             }
         }
         let mut sorted: Vec<&Acc> = Vec::new();

@@ -339,14 +339,19 @@ async fn report_refuses_a_log_that_does_not_verify() {
     let key = env.public_key.display().to_string();
     let out_path = env.dir.path().join("report.html");
     let joined = |ls: &[&str]| ls.iter().map(|l| format!("{l}\n")).collect::<String>();
-    let edited = lines[3].replacen("\"batches\":", "\"batches\":9", 1);
-    assert_ne!(edited, lines[3]);
+    // The first outcome (the rules ran concurrently: its place varies).
+    let outcome = lines
+        .iter()
+        .position(|l| l.contains("\"batches\":"))
+        .expect("an outcome");
+    let edited = lines[outcome].replacen("\"batches\":", "\"batches\":9", 1);
+    assert_ne!(edited, lines[outcome]);
     let mut swapped = lines.clone();
     swapped.swap(3, 4);
     let cases = [
         ("edited", {
             let mut l = lines.clone();
-            l[3] = &edited;
+            l[outcome] = &edited;
             joined(&l)
         }),
         ("removed", {
@@ -406,18 +411,29 @@ async fn report_refuses_a_log_that_does_not_verify() {
     assert_eq!(out.code, 0, "{out}");
     assert_eq!(out.json()["verification"]["checkpoint"]["seq"], 8, "{out}");
 
-    // The database, through the config: a record changed behind the triggers.
-    env.db
-        .exec(
-            "ALTER TABLE retentiond.audit_log DISABLE TRIGGER USER; \
-             UPDATE retentiond.audit_log SET record = replace(record, '\"affected\":10', '\"affected\":1') WHERE seq = 4; \
-             ALTER TABLE retentiond.audit_log ENABLE TRIGGER USER;",
+    // The database, through the config: a record changed behind the triggers
+    // (logs-30d's outcome; the rules ran concurrently, so its seq varies).
+    let seq = env
+        .db
+        .count(
+            "SELECT seq FROM retentiond.audit_log \
+             WHERE kind = 'run_outcome' AND rule = 'logs-30d' AND record LIKE '%\"affected\":10,%'",
         )
+        .await;
+    env.db
+        .exec(&format!(
+            "ALTER TABLE retentiond.audit_log DISABLE TRIGGER USER; \
+             UPDATE retentiond.audit_log SET record = replace(record, '\"affected\":10,', '\"affected\":1,') WHERE seq = {seq}; \
+             ALTER TABLE retentiond.audit_log ENABLE TRIGGER USER;"
+        ))
         .await;
     let out = report(&cfg, "json");
     assert_eq!(out.code, 4, "{out}");
     assert!(out.stdout.is_empty(), "{out}");
-    assert!(out.stderr.contains("seq 4: edited: "), "{out}");
+    assert!(
+        out.stderr.contains(&format!("seq {seq}: edited: ")),
+        "{out}"
+    );
 }
 
 #[tokio::test]
