@@ -246,8 +246,8 @@ pub async fn execute(
         .map(String::as_str)
         .filter(|l| !gone.contains(l))
         .collect();
-    // Extra workers only on connections the pool has free now: waiting for
-    // one could deadlock rules that each hold one and want more.
+    // Extra workers only on connections the pool can spare now (see
+    // PgStore::spare_connection).
     let wanted = if link.is_none() {
         rule.settings.parallelism.max(1)
     } else {
@@ -255,7 +255,7 @@ pub async fn execute(
     };
     let mut extra = Vec::new();
     while extra.len() + 1 < wanted as usize {
-        match pg.pool.try_acquire() {
+        match pg.spare_connection().await {
             Some(c) => extra.push(c),
             None => break,
         }

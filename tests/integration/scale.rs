@@ -292,6 +292,9 @@ async fn scale_a_killed_parallel_run_is_counted_exactly_by_the_next_one() {
             std::time::Instant::now() < deadline,
             "the run made no progress"
         );
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the run ended ({status}) before both workers had committed batches");
+        }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     child.kill().expect("SIGKILL");

@@ -80,6 +80,25 @@ impl PgStore {
         })
     }
 
+    /// A connection for one more worker of a parallel rule, when the pool
+    /// can give one without waiting for a busy one to come back: an idle
+    /// one, or a new one while the pool is below `max_connections` (the pool
+    /// opens connections lazily, so at a rule's start it often has none
+    /// idle). Rules that each hold a connection and wait for more could
+    /// deadlock, hence the short bound when another task takes that slot.
+    pub async fn spare_connection(&self) -> Option<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        if let Some(c) = self.pool.try_acquire() {
+            return Some(c);
+        }
+        if self.pool.size() >= self.pool.options().get_max_connections() {
+            return None;
+        }
+        tokio::time::timeout(Duration::from_secs(2), self.pool.acquire())
+            .await
+            .ok()?
+            .ok()
+    }
+
     /// `host:port` (or the socket directory) the store connects to.
     pub fn address(&self) -> String {
         let o = self.pool.connect_options();
