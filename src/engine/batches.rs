@@ -573,7 +573,8 @@ async fn worker(
                             shared.expected,
                         );
                     }
-                    window = next_window(hi - lo, changed, limit);
+                    window = next_window(hi - lo, changed, limit)
+                        .min(within_time(hi - lo, started.elapsed()));
                     lo = hi;
                 }
                 Ok(Attempt::TooLarge(changed)) => {
@@ -677,6 +678,21 @@ fn add_all(into: &mut BTreeMap<String, i64>, more: BTreeMap<String, i64>) {
     for (k, v) in more {
         *into.entry(k).or_default() += v;
     }
+}
+
+/// How long one batch's transaction should take at most: the locks it
+/// holds (and a standby's replay) stay short even when the server is busy
+/// (workers of a parallel run compete for its cores and its WAL).
+const BATCH_TIME: Duration = Duration::from_millis(25);
+
+/// The window that would have taken [`BATCH_TIME`] at the pace `pages` took
+/// `took`.
+fn within_time(pages: u32, took: Duration) -> u32 {
+    if took <= BATCH_TIME {
+        return u32::MAX;
+    }
+    let scaled = u128::from(pages) * BATCH_TIME.as_micros() / took.as_micros().max(1);
+    u32::try_from(scaled).unwrap_or(u32::MAX).max(1)
 }
 
 /// Pages in the leaf's heap now (rows added later are new, hence not due)
@@ -1097,6 +1113,13 @@ mod tests {
                 assert_eq!(next, pages);
             }
         }
+    }
+
+    #[test]
+    fn a_slow_batch_shrinks_the_next_window_to_the_time_budget() {
+        assert_eq!(within_time(100, Duration::from_millis(10)), u32::MAX);
+        assert_eq!(within_time(100, Duration::from_millis(50)), 50);
+        assert_eq!(within_time(1, Duration::from_secs(1)), 1);
     }
 
     #[test]
