@@ -405,10 +405,16 @@ pub async fn begin<'c>(
     conn.begin_with(sql).await
 }
 
+/// Fewer changed rows than this never call for an ANALYZE: the planner's
+/// estimate is then off by less than autovacuum's own base threshold
+/// (`autovacuum_analyze_threshold`, 50), and a run of many small rules would
+/// otherwise pay one ANALYZE and one commit per rule.
+pub const ANALYZE_MIN_ROWS: i64 = 50;
+
 /// ANALYZEs each table (quoted name) whose `changed` rows are more than a
 /// tenth of its rows (`total` when known, else the statistics' own
-/// estimate), so the planner does not go on believing a purged table is
-/// full. Returns the tables analyzed. Each ANALYZE waits at most
+/// estimate) and at least [`ANALYZE_MIN_ROWS`], so the planner does not go
+/// on believing a purged table is full. Returns the tables analyzed. Each ANALYZE waits at most
 /// `lock_timeout` for its lock (a running VACUUM holds it): statistics are
 /// worth a retry later, never a stuck run.
 pub async fn analyze_changed(
@@ -419,6 +425,9 @@ pub async fn analyze_changed(
     use sqlx::Connection;
     let mut analyzed = Vec::new();
     for (table, n, total) in changed {
+        if *n < ANALYZE_MIN_ROWS {
+            continue;
+        }
         // Only an owner may ANALYZE (others get a warning and nothing).
         let (estimate, owner): (f32, bool) = sqlx::query_as(
             "SELECT reltuples, pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = $1::regclass",
