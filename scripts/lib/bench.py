@@ -59,6 +59,10 @@ OBJECTS = int(ENV.get("BENCH_OBJECTS", "100000"))
 AZ_OBJECTS = int(ENV.get("BENCH_AZ_OBJECTS", str(min(OBJECTS, 10000))))
 AUDIT = int(ENV.get("BENCH_AUDIT", "1000000"))
 AUDIT_APPEND = int(ENV.get("BENCH_AUDIT_APPEND", "5000"))
+# Concurrent writers of the group-commit append row.
+AUDIT_WRITERS = 8
+# Rules of the `retentiond run` of small rules (audit section).
+SMALL_RULES = int(ENV.get("BENCH_SMALL_RULES", "500"))
 ONLY = [s for s in ENV.get("BENCH_ONLY", "delete,mask,partition,plan,blob,audit").split(",") if s]
 STORES = [s for s in ENV.get("BENCH_STORES", "fs,s3,az").split(",") if s]
 OUT = ENV.get("BENCH_OUT", "BENCHMARKS.md")
@@ -889,6 +893,36 @@ def section_blob():
 # --- audit -------------------------------------------------------------------------------
 
 
+def small_rules(sec, n):
+    """`retentiond run` over n rules, each on its own 10-row table with 6 rows due: the
+    records (an intent and an outcome per rule, and the config's) per second of the run."""
+    db = "rules_bench"
+    psql("postgres", f"DROP DATABASE IF EXISTS {db}")
+    psql("postgres", f"CREATE DATABASE {db}")
+    migrate(db)
+    psql(db, "".join(
+        f"CREATE TABLE t{i} (id int primary key, at timestamptz not null); "
+        f"INSERT INTO t{i} SELECT g, now() - CASE WHEN g <= 6 THEN interval '10 days' "
+        f"ELSE interval '1 day' END FROM generate_series(1, 10) g; " for i in range(1, n + 1)))
+    rules = "".join(
+        f'[[rules]]\nname = "r{i}"\nstore = "app"\ntable = "t{i}"\nage = "at"\nkeep = "5d"\n'
+        f'action = "delete"\nmax_fraction = 1.0\n' for i in range(1, n + 1))
+    cfg = config(db, db, "", rules)
+    before = int(scalar(db, "SELECT count(*) FROM retentiond.audit_log"))
+    lsn = wal_lsn()
+    p = retentiond(["run", "-c", cfg, "--format", "json"], env={"RETENTIOND_LOG": "warn"})
+    wal = wal_since(lsn)
+    records = int(scalar(db, "SELECT count(*) FROM retentiond.audit_log")) - before
+    deleted = int(scalar(db, " + ".join(f"(SELECT count(*) FROM t{i})" for i in range(1, n + 1)).join(["SELECT ", ""])))
+    if p.code != 0 or deleted != 4 * n:
+        failures.append(f"small rules: {p.error()} ({deleted} rows left, expected {4 * n})")
+        sec.add(Row(f"`retentiond run` of {n} one-batch rules", text=f"failed: {p.error()}"))
+    else:
+        sec.add(Row(f"`retentiond run` of {n} one-batch rules (records appended by the run)",
+                    rows=records, seconds=p.seconds, longest_ms=DASH, wal=wal, rss_kib=p.rss_kib))
+    drop_db(db)
+
+
 def section_audit():
     banner("audit")
     gen = ENV.get("BENCH_AUDIT_GEN")
@@ -909,16 +943,25 @@ def section_audit():
     psql("audit_bench", "CHECKPOINT")
     lsn = wal_lsn()
     p2 = Proc([gen, f"{keys}/signing.pem", os.path.join(WORK, "discard.jsonl"), "0",
-               db_url("audit_bench"), str(AUDIT_APPEND)])
+               db_url("audit_bench"), str(AUDIT_APPEND), str(AUDIT_WRITERS)])
     wal = wal_since(lsn)
     m = re.search(r"appended (\d+) records.*? in ([0-9.]+) s", p2.stdout)
     if p2.code != 0 or not m:
         failures.append(f"audit append: {p2.error()}")
         sec.add(Row("append to PostgreSQL", text=f"failed: {p2.error()}"))
     else:
-        sec.add(Row("append to PostgreSQL (`AuditLog::append`, one transaction each, fsync on)",
-                    rows=int(m.group(1)), seconds=float(m.group(2)), longest_ms=DASH, wal=wal,
+        sec.add(Row("append to PostgreSQL (`AuditLog::append`, one writer, one transaction each, fsync on)",
+                    rows=int(m.group(1)), seconds=float(m.group(2)), longest_ms=DASH, wal=None,
                     rss_kib=p2.rss_kib))
+        g = re.search(r"group commit: (\d+) concurrent writers appended (\d+) records in ([0-9.]+) s", p2.stdout)
+        if g:
+            sec.add(Row(f"append to PostgreSQL, {g.group(1)} concurrent writers of one process (group commit)",
+                        rows=int(g.group(2)), seconds=float(g.group(3)), longest_ms=DASH, wal=None,
+                        rss_kib=p2.rss_kib))
+        else:
+            failures.append("audit append: no group commit line from audit_gen")
+    sec.notes.append(f"Both append rows together wrote {fmt_bytes(wal)} of WAL.")
+    small_rules(sec, SMALL_RULES)
     if p.code == 0:
         p3 = Proc([BIN, "audit", "verify", "--public-key", f"{keys}/signing.pub.pem", "--file", out])
         if p3.code != 0:
