@@ -75,16 +75,41 @@ pub struct RunReport {
     pub rules: Vec<RuleReport>,
 }
 
-/// Rules [`Runner::run`] runs at once. Small rules spend most of their time
-/// waiting for commits (their audit records, their batch), so a few at once
-/// overlap those waits (and share the audit log's group commits); more
-/// would mostly compete for the store's pooled connections
+/// Rules [`Runner::run`] runs at once, at most. Small rules spend most of
+/// their time waiting for commits (their audit records, their batch), so a
+/// few at once overlap those waits (and share the audit log's group
+/// commits); more would mostly compete for the store's pooled connections
 /// (`max_connections`, default 4) and the claim sessions kept for reuse.
 pub const CONCURRENT_RULES: usize = 4;
 
+/// How many of `rules` may run at once: [`CONCURRENT_RULES`], fewer when
+/// the smallest PostgreSQL pool could not give every running rule all its
+/// workers' connections (a rule holds up to `parallelism` of them while it
+/// purges; one left waiting for a connection longer than the pool's
+/// acquire timeout would fail). `max_connections = 1` runs rules one by one.
+fn concurrency(config: &Config, rules: &[&Rule]) -> usize {
+    let pool = config
+        .stores
+        .values()
+        .filter_map(|s| match s {
+            crate::config::StoreConfig::Postgres {
+                max_connections, ..
+            } => Some(*max_connections as usize),
+            _ => None,
+        })
+        .min()
+        .unwrap_or(CONCURRENT_RULES);
+    let widest = rules
+        .iter()
+        .map(|r| r.settings.parallelism.max(1) as usize)
+        .max()
+        .unwrap_or(1);
+    (pool / widest).clamp(1, CONCURRENT_RULES)
+}
+
 impl Runner<'_> {
-    /// Records the config, then runs the rules, [`CONCURRENT_RULES`] at
-    /// once; rules that could touch the same data (see [`rule_conflicts`])
+    /// Records the config, then runs the rules, up to [`CONCURRENT_RULES`]
+    /// at once (see [`concurrency`]); rules that could touch the same data (see [`rule_conflicts`])
     /// run one after another, in the order given. Reports keep that order.
     pub async fn run(&self, rules: &[&Rule]) -> RunReport {
         use futures_util::StreamExt;
@@ -116,7 +141,7 @@ impl Runner<'_> {
                 }
                 done
             })
-            .buffer_unordered(CONCURRENT_RULES)
+            .buffer_unordered(concurrency(self.config, rules))
             .collect::<Vec<_>>()
             .await;
         let mut by_index: Vec<Option<RuleReport>> = rules.iter().map(|_| None).collect();
@@ -795,6 +820,25 @@ mod tests {
         let config = rules(specs);
         let all: Vec<&Rule> = config.rules.iter().collect();
         rule_lanes(&all)
+    }
+
+    #[test]
+    fn concurrency_fits_the_smallest_pool() {
+        let config = rules(&[("1", "a", "events"), ("2", "b", "users")]);
+        let all: Vec<&Rule> = config.rules.iter().collect();
+        assert_eq!(concurrency(&config, &all), CONCURRENT_RULES);
+        let mut small = config.clone();
+        if let Some(crate::config::StoreConfig::Postgres {
+            max_connections, ..
+        }) = small.stores.get_mut("b")
+        {
+            *max_connections = 1;
+        }
+        assert_eq!(concurrency(&small, &all), 1, "one connection: one by one");
+        let mut wide = config.clone();
+        wide.rules[1].settings.parallelism = 2;
+        let all: Vec<&Rule> = wide.rules.iter().collect();
+        assert_eq!(concurrency(&wide, &all), 2, "4 connections, 2 per rule");
     }
 
     #[test]
