@@ -360,6 +360,9 @@ impl AuditLog {
         let mut prev = head
             .try_get::<Option<String>, _>("hash")?
             .unwrap_or_else(|| GENESIS.to_string());
+        if let Some((path, file)) = &mirror {
+            catch_up_mirror(&mut tx, path, file, seq).await?;
+        }
         let mut results = Vec::with_capacity(events.len());
         let mut columns = Columns::default();
         for (event, row) in events.iter().zip(&rows) {
@@ -443,6 +446,97 @@ impl AuditLog {
                 path: path.clone(),
                 source,
             })
+    }
+}
+
+/// The most records [`catch_up_mirror`] copies: a kill leaves at most one
+/// group unmirrored; a mirror further behind was started on another log.
+const MIRROR_CATCH_UP_MAX: i64 = 10_000;
+
+/// Copies to the JSONL mirror the records up to `head` it lacks, under the
+/// append lock: a process killed between its commit and its mirror write
+/// leaves them out, and the next line written would otherwise leave a gap
+/// that `audit verify --file` rightly reports as removed records. A torn
+/// last line (a write cut short) is cut off first and copied again whole.
+/// An empty mirror starts at the next record, as it always has.
+async fn catch_up_mirror(
+    tx: &mut sqlx::PgConnection,
+    path: &std::path::Path,
+    file: &std::fs::File,
+    head: i64,
+) -> Result<(), AuditError> {
+    let err = |source| AuditError::Mirror {
+        path: path.to_path_buf(),
+        source,
+    };
+    let Some(last) = mirror_last_seq(path, file).map_err(err)? else {
+        return Ok(());
+    };
+    if last >= head {
+        return Ok(());
+    }
+    if head - last > MIRROR_CATCH_UP_MAX {
+        tracing::warn!(path = %path.display(), last, head, "The audit JSONL mirror is far behind the log; not filled in (was it started on another log?).");
+        return Ok(());
+    }
+    let lines: Vec<String> = sqlx::query_scalar(
+        "SELECT record FROM retentiond.audit_log WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+    )
+    .bind(last)
+    .bind(head)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut text = String::new();
+    for line in &lines {
+        text.push_str(line);
+        text.push('\n');
+    }
+    let mut writer = file;
+    writer.write_all(text.as_bytes()).map_err(err)?;
+    file.sync_data().map_err(err)?;
+    tracing::warn!(path = %path.display(), from = last + 1, to = head, "The audit JSONL mirror lacked records the log has (a process stopped between storing and mirroring them); copied them from the log.");
+    Ok(())
+}
+
+/// The `seq` of the mirror's last complete line, after cutting off a torn
+/// last line (one without its newline); None for an empty mirror or a last
+/// line that is not a record.
+fn mirror_last_seq(path: &std::path::Path, file: &std::fs::File) -> std::io::Result<Option<i64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut reader = std::fs::File::open(path)?;
+    let len = reader.metadata()?.len();
+    let mut window = 64 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        reader.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        reader.read_to_end(&mut tail)?;
+        // Bytes after the last newline are a torn line.
+        let complete = tail.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if complete == 0 && start > 0 {
+            window = window.saturating_mul(4);
+            continue;
+        }
+        if complete < tail.len() {
+            file.set_len(start + complete as u64)?;
+            tail.truncate(complete);
+        }
+        let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+        let last = match body.iter().rposition(|b| *b == b'\n') {
+            Some(i) => &body[i + 1..],
+            // The whole window is one line: it may start before it.
+            None if start > 0 => {
+                window = window.saturating_mul(4);
+                continue;
+            }
+            None => body,
+        };
+        if last.is_empty() {
+            return Ok(None);
+        }
+        return Ok(serde_json::from_slice::<serde_json::Value>(last)
+            .ok()
+            .and_then(|v| v.get("seq").and_then(serde_json::Value::as_i64)));
     }
 }
 
