@@ -85,8 +85,13 @@ pub fn select(
         rule.group_by_prefix_depth
             .map_or_else(|| key.to_string(), |d| group_of(key, d))
     };
+    // Only groups need it (a key's own age decides otherwise): without
+    // grouping it would copy every key.
     let mut newest: BTreeMap<String, Option<DateTime<Utc>>> = BTreeMap::new();
-    for m in listing.iter().filter(|m| !m.delete_marker) {
+    for m in listing
+        .iter()
+        .filter(|m| !m.delete_marker && rule.group_by_prefix_depth.is_some())
+    {
         let entry = newest
             .entry(unit(&m.key))
             .or_insert(Some(DateTime::<Utc>::MIN_UTC));
@@ -179,6 +184,7 @@ pub fn select(
             take(&mut s, m);
         }
     }
+    s.due.shrink_to_fit();
     s.matched = matched.len() as i64;
     s.protected = protected.difference(&matched).count() as i64;
     s.protected_by = protected_by
@@ -188,6 +194,9 @@ pub fn select(
         .collect();
     s
 }
+
+/// Candidates [`describe_due`] asks the store about at once.
+const DESCRIBE_CHUNK: usize = 1000;
 
 /// Asks `store` for the locks of the listed items `selection` would
 /// delete, and records them in `listing`. True when it found one: only
@@ -203,28 +212,38 @@ pub async fn describe_due(
         .map(|r| (r.key.as_str(), r.version.as_deref()))
         .collect();
     // versions = "current" deletes by key: its candidate is the latest.
-    let mut candidates: Vec<BlobMeta> = listing
-        .iter()
-        .filter(|m| {
-            due.contains(&(m.key.as_str(), m.version.as_deref()))
-                || (m.is_latest && due.contains(&(m.key.as_str(), None)))
-        })
-        .cloned()
-        .collect();
-    if candidates.is_empty() {
-        return Ok(false);
+    let candidate = |m: &&BlobMeta| {
+        due.contains(&(m.key.as_str(), m.version.as_deref()))
+            || (m.is_latest && due.contains(&(m.key.as_str(), None)))
+    };
+    // Asked in chunks: a copy of every candidate at once would be the
+    // largest allocation of a large plan. Locks are rare; only they are kept.
+    let mut locks: HashMap<String, Vec<(Option<String>, String)>> = HashMap::new();
+    let mut candidates = listing.iter().filter(candidate);
+    loop {
+        let mut chunk: Vec<BlobMeta> = candidates.by_ref().take(DESCRIBE_CHUNK).cloned().collect();
+        if chunk.is_empty() {
+            break;
+        }
+        store.describe(&mut chunk, false).await?;
+        for m in chunk {
+            if let Some(lock) = m.locked {
+                locks.entry(m.key).or_default().push((m.version, lock));
+            }
+        }
     }
-    store.describe(&mut candidates, false).await?;
-    let locks: HashMap<(&str, Option<&str>), &str> = candidates
-        .iter()
-        .filter_map(|m| Some(((m.key.as_str(), m.version.as_deref()), m.locked.as_deref()?)))
-        .collect();
     if locks.is_empty() {
         return Ok(false);
     }
     for m in listing.iter_mut() {
-        if let Some(lock) = locks.get(&(m.key.as_str(), m.version.as_deref())) {
-            m.locked = Some(lock.to_string());
+        let lock = locks.get(m.key.as_str()).and_then(|versions| {
+            versions
+                .iter()
+                .find(|(v, _)| *v == m.version)
+                .map(|(_, lock)| lock.clone())
+        });
+        if lock.is_some() {
+            m.locked = lock;
         }
     }
     Ok(true)

@@ -460,6 +460,8 @@ async fn prepare_blob(
             }
             Err(e) => return report.fail(format!("{store}: listing {}: {e}", prefix.prefix)),
         };
+    // Collecting doubled the capacity as it went: up to half of it unused.
+    listing.shrink_to_fit();
     let held: Vec<(String, String)> = config
         .holds
         .iter()

@@ -283,9 +283,14 @@ impl BlobStore for FsStore {
                 .await
                 .unwrap_or_else(|e| Err(StoreError::Other(e.to_string())))
         })
-        .flat_map(|r: Result<Vec<BlobMeta>, StoreError>| match r {
-            Ok(v) => stream::iter(v.into_iter().map(Ok).collect::<Vec<_>>()),
-            Err(e) => stream::iter(vec![Err(e)]),
+        .flat_map(|r: Result<Vec<BlobMeta>, StoreError>| {
+            // Moved out one by one: a second collected copy of a large
+            // listing would double its memory.
+            let (items, failed) = match r {
+                Ok(v) => (v, None),
+                Err(e) => (Vec::new(), Some(Err(e))),
+            };
+            stream::iter(failed.into_iter().chain(items.into_iter().map(Ok)))
         })
         .boxed()
     }
