@@ -267,6 +267,7 @@ pub async fn execute(
     let slices = Slices {
         leaves: &leaves,
         parts,
+        sizes: leaves.iter().map(|_| Default::default()).collect(),
     };
     let workers = std::iter::once((0, conn, first))
         .chain(
@@ -393,9 +394,26 @@ impl Budget {
 struct Slices<'a> {
     leaves: &'a [&'a str],
     parts: u32,
+    /// Each leaf's heap size, measured once by the first worker to reach it.
+    sizes: Vec<tokio::sync::OnceCell<(u32, f64)>>,
 }
 
 impl Slices<'_> {
+    /// Leaf `i`'s pages and tuples per page, one measurement for every
+    /// worker: slices cut from two (the heap grows as masking writes new
+    /// row versions, or as the application inserts) would leave the pages
+    /// between them unwalked.
+    async fn size(
+        &self,
+        i: usize,
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<(u32, f64), sqlx::Error> {
+        self.sizes[i]
+            .get_or_try_init(|| heap_size(conn, self.leaves[i]))
+            .await
+            .copied()
+    }
+
     fn range(&self, pages: u32, part: u32) -> (u32, u32) {
         let at = |k: u32| (u64::from(pages) * u64::from(k) / u64::from(self.parts)) as u32;
         (at(part), at(part + 1))
@@ -482,7 +500,7 @@ async fn worker(
     let limit = i64::from(rule.settings.batch_size);
     for (i, leaf) in slices.leaves.iter().enumerate() {
         let last_leaf = i + 1 == slices.leaves.len();
-        let (pages, per_page) = match heap_size(conn, leaf).await {
+        let (pages, per_page) = match slices.size(i, conn).await {
             Ok(s) => s,
             Err(e) => return done.stop(Outcome::Failed, describe_db_error(&e)),
         };
@@ -1101,7 +1119,11 @@ mod tests {
     #[test]
     fn slices_cover_every_page_once() {
         for parts in 1..=5 {
-            let s = Slices { leaves: &[], parts };
+            let s = Slices {
+                leaves: &[],
+                parts,
+                sizes: Vec::new(),
+            };
             for pages in [0u32, 1, 2, 7, 1000, u32::MAX] {
                 let mut next = 0;
                 for part in 0..parts {
