@@ -37,6 +37,10 @@ pub struct AuditLog {
     tickets: std::sync::atomic::AtomicU64,
     /// Held by the append writing a group (see [`AuditLog::append`]).
     writer: tokio::sync::Mutex<()>,
+    /// True once this process has checked the mirror against the log and
+    /// every group since reached it: only then may a group skip reading
+    /// the mirror's tail (see [`catch_up_mirror`]).
+    mirror_in_step: std::sync::atomic::AtomicBool,
 }
 
 /// The columns of a group's records, for one INSERT.
@@ -233,6 +237,7 @@ impl AuditLog {
             pending: Default::default(),
             tickets: Default::default(),
             writer: tokio::sync::Mutex::new(()),
+            mirror_in_step: Default::default(),
         })
     }
 
@@ -360,7 +365,13 @@ impl AuditLog {
         let mut prev = head
             .try_get::<Option<String>, _>("hash")?
             .unwrap_or_else(|| GENESIS.to_string());
-        if let Some((path, file)) = &mirror {
+        // Only the writer lock's holder gets here, so no other group runs
+        // between this swap and the store below; a group that stops early
+        // (an error, a cancelled future) leaves it false for the next.
+        let in_step = self
+            .mirror_in_step
+            .swap(false, std::sync::atomic::Ordering::AcqRel);
+        if let Some((path, file)) = mirror.as_ref().filter(|_| !in_step) {
             catch_up_mirror(&mut tx, path, file, seq).await?;
         }
         let mut results = Vec::with_capacity(events.len());
@@ -416,19 +427,12 @@ impl AuditLog {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        if let Some((path, mut file)) = mirror {
-            let err = |source| AuditError::Mirror {
-                path: path.clone(),
-                source,
-            };
-            let mut lines = String::new();
-            for s in results.iter().flatten() {
-                lines.push_str(&s.line);
-                lines.push('\n');
-            }
-            file.write_all(lines.as_bytes()).map_err(err)?;
-            file.sync_data().map_err(err)?;
+        if let Some((path, file)) = &mirror {
+            let lines = results.iter().flatten().map(|s| s.line.as_str());
+            append_lines(path, file, lines)?;
         }
+        self.mirror_in_step
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(results)
     }
 
@@ -458,7 +462,8 @@ const MIRROR_CATCH_UP_MAX: i64 = 10_000;
 /// leaves them out, and the next line written would otherwise leave a gap
 /// that `audit verify --file` rightly reports as removed records. A torn
 /// last line (a write cut short) is cut off first and copied again whole.
-/// An empty mirror starts at the next record, as it always has.
+/// An empty mirror starts at the next record, as it always has. Run by a
+/// process's first group, and by the next after one that did not finish.
 async fn catch_up_mirror(
     tx: &mut sqlx::PgConnection,
     path: &std::path::Path,
@@ -486,16 +491,29 @@ async fn catch_up_mirror(
     .bind(head)
     .fetch_all(&mut *tx)
     .await?;
+    append_lines(path, file, lines.iter().map(String::as_str))?;
+    tracing::warn!(path = %path.display(), from = last + 1, to = head, "The audit JSONL mirror lacked records the log has (a process stopped between storing and mirroring them); copied them from the log.");
+    Ok(())
+}
+
+/// Appends `lines` to the mirror, each with its newline, in one write and
+/// one fsync.
+fn append_lines<'a>(
+    path: &std::path::Path,
+    mut file: &std::fs::File,
+    lines: impl Iterator<Item = &'a str>,
+) -> Result<(), AuditError> {
     let mut text = String::new();
-    for line in &lines {
+    for line in lines {
         text.push_str(line);
         text.push('\n');
     }
-    let mut writer = file;
-    writer.write_all(text.as_bytes()).map_err(err)?;
-    file.sync_data().map_err(err)?;
-    tracing::warn!(path = %path.display(), from = last + 1, to = head, "The audit JSONL mirror lacked records the log has (a process stopped between storing and mirroring them); copied them from the log.");
-    Ok(())
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_data())
+        .map_err(|source| AuditError::Mirror {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// The `seq` of the mirror's last complete line, after cutting off a torn

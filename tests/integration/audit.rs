@@ -378,15 +378,7 @@ async fn audit_group_commit_concurrent_appends_of_one_process() {
         "{transactions} transactions for {} records",
         writers * each
     );
-    // The mirror holds the same lines, in seq order.
-    let lines: Vec<String> =
-        sqlx::query_scalar("SELECT record FROM retentiond.audit_log ORDER BY seq")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
-    let text = std::fs::read_to_string(&mirror).unwrap();
-    assert_eq!(text.lines().collect::<Vec<_>>(), lines);
-    // And the command agrees.
+    assert_mirror_is_the_log(&db, &mirror, &public).await;
     let verify = retentiond(
         &[
             "audit",
@@ -399,6 +391,22 @@ async fn audit_group_commit_concurrent_appends_of_one_process() {
         &[],
     );
     assert_eq!(verify.code, 0, "{verify}");
+}
+
+/// The JSONL mirror holds the log's lines, in seq order, and `audit verify
+/// --file` accepts it.
+async fn assert_mirror_is_the_log(db: &TestDb, mirror: &std::path::Path, public: &std::path::Path) {
+    let stored: Vec<String> =
+        sqlx::query_scalar("SELECT record FROM retentiond.audit_log ORDER BY seq")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    let text = std::fs::read_to_string(mirror).unwrap();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        stored,
+        "the mirror is the log"
+    );
     let verify = retentiond(
         &[
             "audit",
@@ -545,30 +553,11 @@ async fn audit_mirror_is_filled_in_after_a_kill_between_commit_and_mirror() {
     for i in 4..6 {
         log.append(&event(i)).await.unwrap();
     }
-    let stored: Vec<String> =
-        sqlx::query_scalar("SELECT record FROM retentiond.audit_log ORDER BY seq")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!(stored.len(), 6);
-    let text = std::fs::read_to_string(&mirror).unwrap();
     assert_eq!(
-        text.lines().collect::<Vec<_>>(),
-        stored,
-        "the mirror is the log"
+        db.count("SELECT count(*) FROM retentiond.audit_log").await,
+        6
     );
-    let verify = retentiond(
-        &[
-            "audit",
-            "verify",
-            "--public-key",
-            public.to_str().unwrap(),
-            "--file",
-            mirror.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert_eq!(verify.code, 0, "{verify}");
+    assert_mirror_is_the_log(&db, &mirror, &public).await;
     // A new, empty mirror starts at the next record, as before.
     std::fs::write(&mirror, "").unwrap();
     log.append(&event(6)).await.unwrap();
