@@ -10,7 +10,7 @@ use crate::plan::Outcome;
 use crate::store::blob::{confirm_gone, BlobRef, BlobStore, StoreError};
 use crate::store::postgres::progress::{self, Totals};
 use futures_util::stream::{FuturesOrdered, StreamExt};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// What the deletion did.
 #[derive(Debug)]
@@ -31,11 +31,42 @@ pub struct Deleted {
     pub reason: Option<String>,
 }
 
+/// Whether the items of one key went: a key counts as deleted when an
+/// object item of it went and none of its items failed.
+#[derive(Debug, Default)]
+struct KeyDone {
+    key: String,
+    gone: bool,
+    failed: bool,
+}
+
+impl KeyDone {
+    /// Accounts for one item's result; a new key first settles the last.
+    fn add(&mut self, done: &mut Deleted, item: &BlobRef, ok: bool) {
+        if item.key != self.key {
+            self.settle(done);
+            self.key.clone_from(&item.key);
+        }
+        // An upload aborted is not an object deleted; one that could not
+        // be aborted still fails its key.
+        self.gone |= ok && !item.pending;
+        self.failed |= !ok;
+    }
+
+    fn settle(&mut self, done: &mut Deleted) {
+        if self.gone && !self.failed {
+            done.objects += 1;
+        }
+        self.gone = false;
+        self.failed = false;
+    }
+}
+
 /// Deletes `selection` from `store`.
 pub async fn execute(
     store: &dyn BlobStore,
     rule: &Rule,
-    selection: &Selection,
+    selection: &mut Selection,
     cancel: &Cancel,
     claim: Option<&Claim>,
     progress: &(dyn Progress + Sync),
@@ -53,18 +84,24 @@ pub async fn execute(
     let per_batch = (rule.settings.batch_size as usize)
         .min(store.batch_limit())
         .max(1);
-    let mut failed_keys: BTreeSet<&str> = BTreeSet::new();
-    let mut gone_keys: BTreeSet<&str> = BTreeSet::new();
+    let matched = selection.matched;
+    let mut chunks = match selection.due.chunks(per_batch) {
+        Ok(chunks) => chunks,
+        Err(e) => {
+            done.outcome = Outcome::Failed;
+            done.reason = Some(format!("reading the list of objects to delete: {e}"));
+            return done;
+        }
+    };
+    let mut key = KeyDone::default();
     let mut errors = 0usize;
     let mut first_error = None;
     // Up to `parallelism` delete calls in flight; before each new one, the
     // cancel flag and the claim are checked, so a stop waits only for the
     // calls already sent.
-    let mut chunks = selection.due.chunks(per_batch);
     let mut in_flight = FuturesOrdered::new();
     loop {
         while in_flight.len() < store.parallelism().max(1) && done.outcome == Outcome::Ok {
-            let Some(chunk) = chunks.next() else { break };
             if cancel.is_cancelled() {
                 done.outcome = Outcome::Interrupted;
                 done.reason = Some(format!(
@@ -80,19 +117,29 @@ pub async fn execute(
                     break;
                 }
             }
-            in_flight.push_back(async move { (chunk, store.delete(chunk).await) });
+            let chunk = match chunks.next_chunk() {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(e) => {
+                    done.outcome = Outcome::Failed;
+                    done.reason = Some(format!("reading the list of objects to delete: {e}"));
+                    break;
+                }
+            };
+            in_flight.push_back(async move {
+                let results = store.delete(&chunk.items).await;
+                (chunk, results)
+            });
         }
         let Some((chunk, results)) = in_flight.next().await else {
             break;
         };
         done.batches += 1;
-        let results = confirm_uncertain(store, rule, chunk, results).await;
-        for (item, result) in chunk.iter().zip(results) {
+        let results = confirm_uncertain(store, rule, &chunk.items, results).await;
+        for (item, result) in chunk.items.iter().zip(results) {
             match result {
                 Ok(()) => {
-                    if !item.pending {
-                        gone_keys.insert(&item.key);
-                    }
+                    key.add(&mut done, item, true);
                     done.bytes += item.size;
                     if item.version.is_some() && !item.pending {
                         done.versions += 1;
@@ -101,16 +148,20 @@ pub async fn execute(
                 Err(StoreError::Skipped { reason, detail }) => {
                     tracing::warn!(rule = %rule.name, %detail, "Kept an object that cannot be touched safely.");
                     *done.skipped.entry(reason.to_string()).or_default() += 1;
-                    failed_keys.insert(&item.key);
+                    key.add(&mut done, item, false);
                 }
                 Err(e) => {
                     errors += 1;
-                    failed_keys.insert(&item.key);
+                    key.add(&mut done, item, false);
                     first_error.get_or_insert_with(|| format!("{}: {e}", item.key));
                 }
             }
         }
-        done.objects = gone_keys.difference(&failed_keys).count() as i64;
+        // A chunk holds whole keys unless one key is longer than a chunk:
+        // its last key is done unless it goes on in the next.
+        if !chunk.continues {
+            key.settle(&mut done);
+        }
         if let Some((pool, run_id)) = durable {
             // After the store confirmed: a kill between its answer and this
             // write loses at most this call's count.
@@ -131,8 +182,9 @@ pub async fn execute(
                 tracing::warn!(rule = %rule.name, error = %e, "Could not record the run's progress; if this run dies, its abandoned record will undercount.");
             }
         }
-        progress.batch_done(&rule.name, done.objects, selection.matched);
+        progress.batch_done(&rule.name, done.objects, matched);
     }
+    key.settle(&mut done);
     if errors > 0 && done.outcome == Outcome::Ok {
         done.outcome = Outcome::Failed;
         done.reason = Some(format!(

@@ -342,13 +342,13 @@ impl Runner<'_> {
             return report;
         }
         match (report.outcome, prepared.resolved, prepared.blob) {
-            (Outcome::Planned, None, Some(selection)) => {
+            (Outcome::Planned, None, Some(mut selection)) => {
                 let done = match self.stores.blob(&rule.store) {
                     Some(store) => {
                         blob::execute(
                             store,
                             rule,
-                            &selection,
+                            &mut selection,
                             &self.cancel,
                             Some(claim),
                             self.progress,

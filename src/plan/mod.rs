@@ -5,6 +5,7 @@
 //! numbers the run starts from. Counting runs in a `READ ONLY` transaction.
 
 pub mod blob;
+pub mod due;
 
 use crate::config::{Config, Rule, Target};
 use crate::store::postgres::batch::{self, Counts};
@@ -429,7 +430,6 @@ async fn prepare_blob(
     mut report: RuleReport,
     options: PlanOptions,
 ) -> Prepared {
-    use futures_util::TryStreamExt;
     let Some(store) = stores.blob(&rule.store) else {
         return report.refuse(format!("store `{}` is not an open blob store", rule.store));
     };
@@ -445,23 +445,6 @@ async fn prepare_blob(
         return report.refuse(format!("keep {} reaches before year 0", rule.keep));
     };
     report.cutoff = Some(cutoff);
-    let mut listing: Vec<crate::store::blob::BlobMeta> =
-        match store.list(&prefix.prefix).try_collect().await {
-            Ok(l) => l,
-            Err(crate::store::blob::StoreError::Skipped { reason, detail }) => {
-                // The prefix itself cannot be walked safely: nothing under
-                // it is touched, and the plan says so.
-                report.skipped.insert(reason.to_string(), 1);
-                report.notes.push(format!(
-                    "{store}: {detail}; nothing under {} is touched",
-                    prefix.prefix
-                ));
-                Vec::new()
-            }
-            Err(e) => return report.fail(format!("{store}: listing {}: {e}", prefix.prefix)),
-        };
-    // Collecting doubled the capacity as it went: up to half of it unused.
-    listing.shrink_to_fit();
     let held: Vec<(String, String)> = config
         .holds
         .iter()
@@ -471,22 +454,26 @@ async fn prepare_blob(
             _ => None,
         })
         .collect();
-    // Metadata the listing lacks is needed to select at all; locks only for
-    // what would go, so they are asked about the candidates alone.
-    let wants_metadata = !prefix.match_metadata.is_empty() || prefix.age_metadata.is_some();
-    if wants_metadata {
-        if let Err(e) = store.describe(&mut listing, true).await {
-            return report.fail(format!("{store}: reading metadata: {e}"));
+    // A plan needs only the counts: its list keeps nothing.
+    let due = if options.for_run {
+        due::DueList::default()
+    } else {
+        due::DueList::counting()
+    };
+    let selection = match blob::select_listed(store, prefix, cutoff, &held, due).await {
+        Ok(selection) => selection,
+        Err(blob::SelectError::Skipped { reason, detail }) => {
+            // The prefix itself cannot be walked safely: nothing under it
+            // is touched, and the plan says so.
+            report.skipped.insert(reason.to_string(), 1);
+            report.notes.push(format!(
+                "{store}: {detail}; nothing under {} is touched",
+                prefix.prefix
+            ));
+            blob::Selection::default()
         }
-    }
-    let mut selection = blob::select(&listing, prefix, cutoff, &held);
-    if !wants_metadata {
-        match blob::describe_due(store, &mut listing, &selection).await {
-            Ok(true) => selection = blob::select(&listing, prefix, cutoff, &held),
-            Ok(false) => {}
-            Err(e) => return report.fail(format!("{store}: reading object locks: {e}")),
-        }
-    }
+        Err(blob::SelectError::Failed(why)) => return report.fail(why),
+    };
     report.matched = selection.matched;
     report.protected = selection.protected;
     report.protected_by = selection.protected_by.clone();

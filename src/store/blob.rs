@@ -168,7 +168,10 @@ fn still_there(item: &BlobRef, meta: &BlobMeta) -> bool {
 
 /// A blob store.
 pub trait BlobStore: fmt::Display + fmt::Debug + Send + Sync {
-    /// Every object version under `prefix`, in no particular order.
+    /// Every object version under `prefix`, in bytewise key order, every
+    /// key's versions (and uploads) together; versions of one key in any
+    /// order. Selection relies on it (a group is complete once the listing
+    /// has passed it) and refuses a listing that goes back.
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<BlobMeta, StoreError>>;
 
     /// Deletes `items`; one result per item, in order. An item that is

@@ -17,7 +17,7 @@ use super::blob::{BlobMeta, BlobRef, BlobStore, StoreError};
 use cap_std::fs::{Dir, Metadata, MetadataExt};
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
-use futures_util::stream::{self, BoxStream, StreamExt};
+use futures_util::stream::{self, BoxStream};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, ErrorKind};
@@ -136,12 +136,18 @@ impl FsStore {
         Ok(Some(dirs))
     }
 
-    fn walk(&self, prefix: &str) -> Result<Vec<BlobMeta>, StoreError> {
+    /// The files under `prefix`, in key order, one at a time.
+    fn walk(&self, prefix: &str) -> Result<Walk<'_>, StoreError> {
         // The deepest directory the prefix names completely; what is below it
         // is filtered by the full prefix string.
         let base = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+        let mut walk = Walk {
+            store: self,
+            prefix: prefix.to_string(),
+            stack: Vec::new(),
+        };
         let Some(root) = self.open_root()? else {
-            return Ok(Vec::new());
+            return Ok(walk);
         };
         let start = if base.is_empty() {
             Some(root)
@@ -149,60 +155,10 @@ impl FsStore {
             self.open_path(&root, &segments(base)?)?
                 .and_then(|mut dirs| dirs.pop())
         };
-        let mut out = Vec::new();
-        let mut stack: Vec<(Dir, String)> =
-            start.map(|d| (d, base.to_string())).into_iter().collect();
-        while let Some((dir, dir_key)) = stack.pop() {
-            let entries = dir.entries().map_err(|e| self.io_error(&dir_key, e))?;
-            for entry in entries {
-                let entry = entry.map_err(|e| self.io_error(&dir_key, e))?;
-                // A name that is not UTF-8 has no key.
-                let Ok(name) = entry.file_name().into_string() else {
-                    continue;
-                };
-                let key = if dir_key.is_empty() {
-                    name.clone()
-                } else {
-                    format!("{dir_key}/{name}")
-                };
-                let meta = match dir.symlink_metadata(&name) {
-                    Ok(m) => m,
-                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
-                    Err(e) => return Err(self.io_error(&key, e)),
-                };
-                if meta.is_dir() {
-                    let relevant = prefix.starts_with(&format!("{key}/"))
-                        || key.starts_with(prefix)
-                        || format!("{key}/").starts_with(prefix);
-                    if relevant {
-                        if let Sub::Dir(sub) =
-                            open_sub(&dir, &name).map_err(|e| self.io_error(&key, e))?
-                        {
-                            stack.push((sub, key));
-                        }
-                    }
-                    continue;
-                }
-                if !key.starts_with(prefix) {
-                    continue;
-                }
-                let locked = meta
-                    .is_symlink()
-                    .then(|| "symbolic link: never followed or deleted".to_string());
-                out.push(BlobMeta {
-                    key,
-                    version: None,
-                    last_modified: mtime(&meta),
-                    size: meta.len(),
-                    is_latest: true,
-                    delete_marker: false,
-                    metadata: BTreeMap::new(),
-                    locked,
-                    pending: false,
-                });
-            }
+        if let Some(dir) = start {
+            walk.stack.push(Frame::read(self, dir, base.to_string())?);
         }
-        Ok(out)
+        Ok(walk)
     }
 
     fn delete_all(&self, items: &[BlobRef]) -> Vec<Result<(), StoreError>> {
@@ -263,6 +219,140 @@ impl FsStore {
     }
 }
 
+/// Files listed per page by [`FsStore::list`].
+const PAGE: usize = 1000;
+
+/// A walk of the tree under a prefix, depth first, every directory's
+/// entries in key order: the files come out in bytewise key order, as
+/// S3 and Azure list (see [`Frame::read`]).
+struct Walk<'a> {
+    store: &'a FsStore,
+    prefix: String,
+    stack: Vec<Frame>,
+}
+
+/// One directory of a walk: its names (in one buffer: a directory of a
+/// million files costs its names, not a million allocations) and the next
+/// to visit.
+struct Frame {
+    dir: Dir,
+    key: String,
+    names: String,
+    /// (start, length) in `names`, in key order.
+    entries: Vec<(u32, u32)>,
+    next: usize,
+}
+
+impl Frame {
+    /// Reads `dir` (whose key is `key`), its entries sorted as their keys
+    /// sort: a directory's name with its `/`, since every key below it
+    /// starts so (`a.txt` < `a/x` < `a0`).
+    fn read(store: &FsStore, dir: Dir, key: String) -> Result<Frame, StoreError> {
+        let mut names = String::new();
+        let mut entries: Vec<(u32, u32, bool)> = Vec::new();
+        for entry in dir.entries().map_err(|e| store.io_error(&key, e))? {
+            let entry = entry.map_err(|e| store.io_error(&key, e))?;
+            // A name that is not UTF-8 has no key.
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let (Ok(start), Ok(len)) = (u32::try_from(names.len()), u32::try_from(name.len()))
+            else {
+                return Err(store.io_error(&key, io::Error::other("directory too large")));
+            };
+            names.push_str(&name);
+            entries.push((start, len, is_dir));
+        }
+        let text =
+            |(start, len, _): &(u32, u32, bool)| &names[*start as usize..(*start + *len) as usize];
+        entries.sort_unstable_by(|a, b| {
+            let a_key = text(a).bytes().chain(a.2.then_some(b'/'));
+            let b_key = text(b).bytes().chain(b.2.then_some(b'/'));
+            a_key.cmp(b_key)
+        });
+        Ok(Frame {
+            dir,
+            key,
+            entries: entries.into_iter().map(|(s, l, _)| (s, l)).collect(),
+            names,
+            next: 0,
+        })
+    }
+}
+
+impl Iterator for Walk<'_> {
+    type Item = Result<BlobMeta, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = self.step();
+        if matches!(item, Some(Err(_))) {
+            self.stack.clear();
+        }
+        item
+    }
+}
+
+impl Walk<'_> {
+    fn step(&mut self) -> Option<Result<BlobMeta, StoreError>> {
+        loop {
+            let frame = self.stack.last_mut()?;
+            let Some(&(start, len)) = frame.entries.get(frame.next) else {
+                self.stack.pop();
+                continue;
+            };
+            frame.next += 1;
+            let name = &frame.names[start as usize..(start + len) as usize];
+            let key = if frame.key.is_empty() {
+                name.to_string()
+            } else {
+                format!("{}/{name}", frame.key)
+            };
+            let meta = match frame.dir.symlink_metadata(name) {
+                Ok(m) => m,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Some(Err(self.store.io_error(&key, e))),
+            };
+            if meta.is_dir() {
+                let prefix = &self.prefix;
+                let relevant = prefix.starts_with(&format!("{key}/"))
+                    || key.starts_with(prefix.as_str())
+                    || format!("{key}/").starts_with(prefix.as_str());
+                if !relevant {
+                    continue;
+                }
+                let sub = match open_sub(&frame.dir, name) {
+                    Ok(Sub::Dir(sub)) => sub,
+                    Ok(_) => continue,
+                    Err(e) => return Some(Err(self.store.io_error(&key, e))),
+                };
+                match Frame::read(self.store, sub, key) {
+                    Ok(frame) => self.stack.push(frame),
+                    Err(e) => return Some(Err(e)),
+                }
+                continue;
+            }
+            if !key.starts_with(self.prefix.as_str()) {
+                continue;
+            }
+            let locked = meta
+                .is_symlink()
+                .then(|| "symbolic link: never followed or deleted".to_string());
+            return Some(Ok(BlobMeta {
+                key,
+                version: None,
+                last_modified: mtime(&meta),
+                size: meta.len(),
+                is_latest: true,
+                delete_marker: false,
+                metadata: BTreeMap::new(),
+                locked,
+                pending: false,
+            }));
+        }
+    }
+}
+
 impl fmt::Display for FsStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -276,23 +366,39 @@ impl fmt::Display for FsStore {
 
 impl BlobStore for FsStore {
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<BlobMeta, StoreError>> {
+        // Walked on a blocking thread, handed over a page at a time: a
+        // consumer that stops (or is slow) stops the walk, so memory holds
+        // a few pages, not the tree.
+        let (pages, received) = tokio::sync::mpsc::channel(2);
+        let store = self.clone();
         let prefix = prefix.to_string();
-        stream::once(async move {
-            let store = self.clone();
-            tokio::task::spawn_blocking(move || store.walk(&prefix))
-                .await
-                .unwrap_or_else(|e| Err(StoreError::Other(e.to_string())))
-        })
-        .flat_map(|r: Result<Vec<BlobMeta>, StoreError>| {
-            // Moved out one by one: a second collected copy of a large
-            // listing would double its memory.
-            let (items, failed) = match r {
-                Ok(v) => (v, None),
-                Err(e) => (Vec::new(), Some(Err(e))),
+        tokio::task::spawn_blocking(move || {
+            let walk = match store.walk(&prefix) {
+                Ok(walk) => walk,
+                Err(e) => {
+                    let _ = pages.blocking_send(Err(e));
+                    return;
+                }
             };
-            stream::iter(failed.into_iter().chain(items.into_iter().map(Ok)))
-        })
-        .boxed()
+            let mut page = Vec::with_capacity(PAGE);
+            for item in walk {
+                match item {
+                    Ok(meta) => page.push(meta),
+                    Err(e) => {
+                        let _ = pages.blocking_send(Err(e));
+                        return;
+                    }
+                }
+                if page.len() == PAGE && pages.blocking_send(Ok(std::mem::take(&mut page))).is_err()
+                {
+                    return;
+                }
+            }
+            let _ = pages.blocking_send(Ok(page));
+        });
+        super::blob::flatten_pages(stream::unfold(received, |mut received| async move {
+            received.recv().await.map(|page| (page, received))
+        }))
     }
 
     fn delete<'a>(&'a self, items: &'a [BlobRef]) -> BoxFuture<'a, Vec<Result<(), StoreError>>> {
@@ -327,6 +433,7 @@ impl BlobStore for FsStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::StreamExt;
 
     /// The `Skipped` reason of a result, if it is one.
     fn skip_reason<T>(r: &Result<T, StoreError>) -> Option<&'static str> {
@@ -428,6 +535,32 @@ mod tests {
         };
         assert_eq!(skip_reason(&s.delete(&[stale]).await[0]), Some("modified"));
         assert!(root.join("other/c.txt").exists());
+    }
+
+    #[tokio::test]
+    async fn fs_lists_in_bytewise_key_order_a_page_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // `a/` sorts between `a.txt` and `a0`, as the keys below it do.
+        for key in ["b", "a0", "a/x", "a.txt", "a/y/z", "a-b/c", "A"] {
+            let path = root.join(key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, key).unwrap();
+        }
+        for i in 0..(PAGE + 5) {
+            std::fs::create_dir_all(root.join("many")).unwrap();
+            std::fs::write(root.join(format!("many/{i:05}")), "").unwrap();
+        }
+        let s = FsStore::new("s", root);
+        let listed: Vec<String> = s.list("").map(|r| r.unwrap().key).collect().await;
+        let mut sorted = listed.clone();
+        sorted.sort();
+        assert_eq!(listed, sorted, "bytewise key order");
+        assert_eq!(
+            listed[..7],
+            ["A", "a-b/c", "a.txt", "a/x", "a/y/z", "a0", "b"]
+        );
+        assert_eq!(listed.len(), 7 + PAGE + 5, "every page arrives");
     }
 
     /// `root/docs/out -> outside/` (holding secret.txt) and

@@ -33,7 +33,7 @@ use aws_sdk_s3::Client;
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, StreamExt};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use tokio::sync::OnceCell;
 
@@ -172,6 +172,9 @@ impl S3Store {
                 pending: false,
             });
         }
+        // S3 returns versions and delete markers as two lists: one page in
+        // key order (stable: a key's versions keep theirs).
+        out.sort_by(|a, b| a.key.cmp(&b.key));
         let next = page
             .is_truncated()
             .unwrap_or(false)
@@ -292,6 +295,23 @@ impl S3Store {
             .flatten()
             .map(|k| (k, page.next_upload_id_marker().map(str::to_string)));
         Ok((out, next))
+    }
+
+    /// Every incomplete multipart upload under `prefix`, in key order.
+    async fn uploads(&self, prefix: &str) -> Result<VecDeque<BlobMeta>, StoreError> {
+        let mut all = Vec::new();
+        let mut at: Option<(String, Option<String>)> = None;
+        loop {
+            let (k, u) = at.map_or((None, None), |(k, u)| (Some(k), u));
+            let (page, next) = self.uploads_page(prefix, k, u).await?;
+            all.extend(page);
+            match next {
+                Some(next) => at = Some(next),
+                None => break,
+            }
+        }
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(all.into())
     }
 
     /// Whether the bucket has Object Lock enabled; true when that cannot be
@@ -565,50 +585,69 @@ fn time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> DateTime<Utc> {
 /// Where a listing stands: which kind of page comes next, from where.
 enum Cursor {
     Start,
-    Objects(String),
+    Objects(Option<String>),
     Versions(Option<(String, Option<String>)>),
-    Uploads(Option<(String, Option<String>)>),
+    /// The uploads after the last listed key.
+    Rest,
     Done,
+}
+
+/// `page` (in key order) with the `uploads` (in key order) whose keys sort
+/// at or before its last key merged in, each before its key's versions.
+fn merge_uploads(page: Vec<BlobMeta>, uploads: &mut VecDeque<BlobMeta>) -> Vec<BlobMeta> {
+    if uploads.is_empty() {
+        return page;
+    }
+    let mut out = Vec::with_capacity(page.len());
+    for item in page {
+        while uploads.front().is_some_and(|u| u.key <= item.key) {
+            out.extend(uploads.pop_front());
+        }
+        out.push(item);
+    }
+    out
 }
 
 impl BlobStore for S3Store {
     fn list(&self, prefix: &str) -> BoxStream<'_, Result<BlobMeta, StoreError>> {
         let prefix = prefix.to_string();
-        flatten_pages(stream::unfold(Cursor::Start, move |cursor| {
+        let start = (Cursor::Start, VecDeque::new());
+        flatten_pages(stream::unfold(start, move |(cursor, mut uploads)| {
             let prefix = prefix.clone();
             async move {
-                let objects = |token: Option<String>| async {
-                    match self.objects_page(&prefix, token).await {
-                        Ok((page, Some(token))) => (Ok(page), Cursor::Objects(token)),
-                        Ok((page, None)) => (Ok(page), Cursor::Uploads(None)),
-                        Err(e) => (Err(e), Cursor::Done),
-                    }
-                };
                 let (page, next) = match cursor {
                     Cursor::Done => return None,
-                    Cursor::Start if self.ever_versioned().await => {
-                        (Ok(Vec::new()), Cursor::Versions(None))
-                    }
-                    Cursor::Start => objects(None).await,
-                    Cursor::Objects(token) => objects(Some(token)).await,
+                    // Incomplete uploads are a separate listing: read them
+                    // first (there are few), to merge them into key order.
+                    Cursor::Start => match self.uploads(&prefix).await {
+                        Ok(all) => {
+                            uploads = all;
+                            let next = if self.ever_versioned().await {
+                                Cursor::Versions(None)
+                            } else {
+                                Cursor::Objects(None)
+                            };
+                            (Ok(Vec::new()), next)
+                        }
+                        Err(e) => (Err(e), Cursor::Done),
+                    },
+                    Cursor::Objects(token) => match self.objects_page(&prefix, token).await {
+                        Ok((page, Some(token))) => (Ok(page), Cursor::Objects(Some(token))),
+                        Ok((page, None)) => (Ok(page), Cursor::Rest),
+                        Err(e) => (Err(e), Cursor::Done),
+                    },
                     Cursor::Versions(at) => {
                         let (k, v) = at.map_or((None, None), |(k, v)| (Some(k), v));
                         match self.versions_page(&prefix, k, v).await {
                             Ok((page, Some(at))) => (Ok(page), Cursor::Versions(Some(at))),
-                            Ok((page, None)) => (Ok(page), Cursor::Uploads(None)),
+                            Ok((page, None)) => (Ok(page), Cursor::Rest),
                             Err(e) => (Err(e), Cursor::Done),
                         }
                     }
-                    Cursor::Uploads(at) => {
-                        let (k, u) = at.map_or((None, None), |(k, u)| (Some(k), u));
-                        match self.uploads_page(&prefix, k, u).await {
-                            Ok((page, Some(at))) => (Ok(page), Cursor::Uploads(Some(at))),
-                            Ok((page, None)) => (Ok(page), Cursor::Done),
-                            Err(e) => (Err(e), Cursor::Done),
-                        }
-                    }
+                    Cursor::Rest => (Ok(uploads.drain(..).collect()), Cursor::Done),
                 };
-                Some((page, next))
+                let page = page.map(|page| merge_uploads(page, &mut uploads));
+                Some((page, (next, uploads)))
             }
         }))
     }
@@ -731,6 +770,33 @@ mod tests {
 
     fn outcome(results: Vec<Result<(), StoreError>>) -> Vec<bool> {
         results.iter().map(Result::is_ok).collect()
+    }
+
+    #[test]
+    fn uploads_merge_into_key_order_before_their_keys_versions() {
+        let meta = |key: &str, pending: bool| BlobMeta {
+            key: key.into(),
+            version: None,
+            last_modified: Utc::now(),
+            size: 0,
+            is_latest: !pending,
+            delete_marker: false,
+            metadata: Default::default(),
+            locked: None,
+            pending,
+        };
+        let mut uploads: VecDeque<BlobMeta> =
+            ["a", "b", "d", "z"].iter().map(|k| meta(k, true)).collect();
+        let keys = |page: Vec<BlobMeta>| -> Vec<String> {
+            page.iter()
+                .map(|m| format!("{}{}", m.key, if m.pending { "*" } else { "" }))
+                .collect()
+        };
+        let first = merge_uploads(vec![meta("b", false), meta("c", false)], &mut uploads);
+        assert_eq!(keys(first), ["a*", "b*", "b", "c"]);
+        let second = merge_uploads(vec![meta("c", false), meta("e", false)], &mut uploads);
+        assert_eq!(keys(second), ["c", "d*", "e"]);
+        assert_eq!(uploads.len(), 1, "z waits for the end of the listing");
     }
 
     #[test]
