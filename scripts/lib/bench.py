@@ -13,6 +13,7 @@ Environment (set by scripts/bench):
   BENCH_AUDIT_GEN           examples/audit_gen (audit section only)
   BENCH_WORK                a scratch directory (removed by scripts/bench)
   BENCH_ROWS, BENCH_OBJECTS, BENCH_AZ_OBJECTS, BENCH_AUDIT, BENCH_AUDIT_APPEND
+  BENCH_MEMORY_FILES, BENCH_MEMORY_VERSIONS   sizes of the memory section
   BENCH_ONLY                comma-separated sections
   BENCH_STORES              comma-separated blob stores: fs,s3,az
   BENCH_OUT                 the markdown file to write
@@ -59,11 +60,13 @@ OBJECTS = int(ENV.get("BENCH_OBJECTS", "100000"))
 AZ_OBJECTS = int(ENV.get("BENCH_AZ_OBJECTS", str(min(OBJECTS, 10000))))
 AUDIT = int(ENV.get("BENCH_AUDIT", "1000000"))
 AUDIT_APPEND = int(ENV.get("BENCH_AUDIT_APPEND", "5000"))
+MEMORY_FILES = int(ENV.get("BENCH_MEMORY_FILES", "1000000"))
+MEMORY_VERSIONS = int(ENV.get("BENCH_MEMORY_VERSIONS", "100000"))
 # Concurrent writers of the group-commit append row.
 AUDIT_WRITERS = 8
 # Rules of the `retentiond run` of small rules (audit section).
 SMALL_RULES = int(ENV.get("BENCH_SMALL_RULES", "500"))
-ONLY = [s for s in ENV.get("BENCH_ONLY", "delete,mask,partition,plan,blob,audit").split(",") if s]
+ONLY = [s for s in ENV.get("BENCH_ONLY", "delete,mask,partition,plan,blob,memory,audit").split(",") if s]
 STORES = [s for s in ENV.get("BENCH_STORES", "fs,s3,az").split(",") if s]
 OUT = ENV.get("BENCH_OUT", "BENCHMARKS.md")
 BATCH = 5000
@@ -703,7 +706,7 @@ def az_sas():
 
 
 class Emulator:
-    """A fresh moto_server or Azurite holding only `n` objects under bench/run/."""
+    """A fresh moto_server or Azurite holding only `n` objects under bench/run/ (none when src is None)."""
 
     def __init__(self, store, src, n):
         self.store, self.port = store, free_port()
@@ -740,12 +743,13 @@ class Emulator:
                 urllib.request.urlopen(req).read()
                 self.target = (f'type = "azure_blob"\naccount = "devstoreaccount1"\ncontainer = "bench"\n'
                                f'endpoint = "{url}/devstoreaccount1"\naccess_key = "{AZ_KEY}"\n')
-            t0 = time.monotonic()
-            self.rclone("copy", "--transfers", "16", src, self.remote)
-            have = self.count()
-            if have != n:
-                raise RuntimeError(f"{store}: uploaded {have} of {n} objects")
-            info(f"{store}: {n} objects uploaded in {time.monotonic() - t0:.1f} s (not timed)")
+            if src is not None:
+                t0 = time.monotonic()
+                self.rclone("copy", "--transfers", "16", src, self.remote)
+                have = self.count()
+                if have != n:
+                    raise RuntimeError(f"{store}: uploaded {have} of {n} objects")
+                info(f"{store}: {n} objects uploaded in {time.monotonic() - t0:.1f} s (not timed)")
         except BaseException:
             self.stop()
             raise
@@ -895,6 +899,92 @@ def section_blob():
         sec.notes.append("The emulator stamps each object's last-modified time itself, so the rule keeps "
                          "`0s` and every object is due; `rclone delete` deletes the whole prefix. Each "
                          "variant gets a fresh emulator holding only its own upload (not timed).")
+
+
+# --- memory ------------------------------------------------------------------------------
+
+
+def make_empty_files(root, n, per_dir=10000, age_days=40):
+    """n empty files under root/DDDD/ (per_dir each), all aged age_days."""
+    old = time.time() - age_days * 86400
+    for i in range(n):
+        d = os.path.join(root, f"{i // per_dir:04d}")
+        if i % per_dir == 0:
+            os.makedirs(d, exist_ok=True)
+        path = os.path.join(d, f"{i:07d}")
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+        os.utime(path, (old, old))
+
+
+def memory_pair(sec, what, store_toml, rule, audit_db, expect):
+    """`plan` then `run` of one rule; a row each with peak RSS."""
+    cfg = config(f"mem_{len(sec.rows)}", audit_db, store_toml, rule)
+    for cmd in ("plan", "run"):
+        p = retentiond([cmd, "-c", cfg, "--format", "json"])
+        rep = rule_report(p)
+        if p.code != 0 or rep is None:
+            failures.append(f"{sec.title}: {cmd}: {p.error()}")
+            sec.add(Row(f"`retentiond {cmd}`, {what}", text=f"failed: {p.error()}"))
+            continue
+        n = rep.get("matched") if cmd == "plan" else rep.get("affected")
+        if n != expect:
+            failures.append(f"{sec.title}: {cmd} counted {n} keys, not {expect}")
+        sec.add(Row(f"`retentiond {cmd}`, {what}", rows=n, seconds=p.seconds, rss_kib=p.rss_kib,
+                    cpu_us=cpu_us(p, n) if cmd == "run" else None, ratio=False))
+
+
+def section_memory():
+    keygen()
+    psql("postgres", "DROP DATABASE IF EXISTS mem_audit")
+    psql("postgres", "CREATE DATABASE mem_audit")
+    migrate("mem_audit")
+    rule = ('[[rules]]\nname = "bulk"\nstore = "blob"\nprefix = "big/"\nkeep = "{keep}"\n'
+            'action = "delete"\nmax_fraction = 1.0\n')
+    if "fs" in STORES:
+        banner(f"memory: {MEMORY_FILES:,} files")
+        sec = section("memory", f"Bounded memory: filesystem, {MEMORY_FILES:,} empty files under one "
+                      "prefix (100 directories of 10,000), all due", rows_header="keys", cpu=True)
+        root = os.path.join(WORK, "mem_fs")
+        shutil.rmtree(root, ignore_errors=True)
+        t0 = time.monotonic()
+        make_empty_files(os.path.join(root, "big"), MEMORY_FILES)
+        info(f"{MEMORY_FILES:,} files made in {time.monotonic() - t0:.0f} s (not timed)")
+        memory_pair(sec, f"{MEMORY_FILES:,} files", f'[stores.blob]\ntype = "filesystem"\nroot = "{root}"\n',
+                    rule.format(keep="30d"), "mem_audit", MEMORY_FILES)
+        left = count_files(root)
+        if left:
+            failures.append(f"{sec.title}: {left} files left")
+        shutil.rmtree(root, ignore_errors=True)
+    if "s3" in STORES:
+        keys = max(1, MEMORY_VERSIONS // 4)
+        banner(f"memory: {keys * 4:,} versions on moto_server")
+        sec = section("memory", f"Bounded memory: S3 (moto_server), {keys:,} keys of 4 versions each "
+                      f"({keys * 4:,} versions) under one prefix, all due", rows_header="keys", cpu=True)
+        emu = Emulator("s3", None, 0)
+        try:
+            import boto3
+            from concurrent.futures import ThreadPoolExecutor
+            s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{emu.port}", region_name="us-east-1",
+                              aws_access_key_id="test", aws_secret_access_key="test")
+            s3.put_bucket_versioning(Bucket="bench", VersioningConfiguration={"Status": "Enabled"})
+            t0 = time.monotonic()
+
+            def put(i):
+                for v in range(4):
+                    s3.put_object(Bucket="bench", Key=f"big/{i // 1000:03d}/{i:07d}", Body=b"v%d" % v)
+
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(put, range(keys)))
+            info(f"{keys * 4:,} versions put in {time.monotonic() - t0:.0f} s (not timed)")
+            memory_pair(sec, f"{keys * 4:,} versions", "[stores.blob]\n" + emu.target,
+                        rule.format(keep="0s"), "mem_audit", keys)
+            left = s3.list_object_versions(Bucket="bench", Prefix="big/", MaxKeys=10)
+            if left.get("Versions") or left.get("DeleteMarkers"):
+                failures.append(f"{sec.title}: versions left after the run")
+        finally:
+            emu.stop()
+        sec.notes.append("Memory follows the key being listed, not the prefix: what is due stays in memory "
+                         "up to 50,000 items, then goes to an unnamed temporary file in `$TMPDIR`.")
 
 
 # --- audit -------------------------------------------------------------------------------
@@ -1064,7 +1154,8 @@ def render():
     parts = [header()]
     seen = set()
     titles = {"delete": "## Delete", "mask": "## Mask", "partition": "## Partitioned table",
-              "plan": "## Plan", "blob": "## Blob stores", "audit": "## Audit log"}
+              "plan": "## Plan", "blob": "## Blob stores", "memory": "## Bounded memory",
+              "audit": "## Audit log"}
     for s in sections:
         if s.key not in seen:
             parts.append(titles[s.key] + "\n")
@@ -1080,7 +1171,8 @@ def main():
     global ANCHOR
     ANCHOR = scalar("postgres", "SELECT now()")
     steps = {"delete": section_delete, "mask": section_mask, "partition": section_partition,
-             "plan": section_plan, "blob": section_blob, "audit": section_audit}
+             "plan": section_plan, "blob": section_blob, "memory": section_memory,
+             "audit": section_audit}
     for name in ONLY:
         if name not in steps:
             sys.exit(f"unknown section {name!r} (sections: {', '.join(steps)})")

@@ -18,6 +18,20 @@ use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 /// 6 MB of a typical key.
 pub const MEMORY_ITEMS: usize = 50_000;
 
+/// Items kept in memory: [`MEMORY_ITEMS`], or the number in
+/// `RETENTIOND_DUE_IN_MEMORY` (a pod with little memory and a writable
+/// `$TMPDIR` can lower it; 0 always uses the file).
+pub fn memory_items() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| match std::env::var("RETENTIOND_DUE_IN_MEMORY") {
+        Err(_) => MEMORY_ITEMS,
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!(value = %v, default = MEMORY_ITEMS, "RETENTIOND_DUE_IN_MEMORY is not a number; using the default");
+            MEMORY_ITEMS
+        }),
+    })
+}
+
 /// An append-only list of [`BlobRef`], in the order the selection made it
 /// (every key's items together).
 pub struct DueList {
@@ -31,7 +45,7 @@ pub struct DueList {
 
 impl Default for DueList {
     fn default() -> Self {
-        DueList::with_limit(MEMORY_ITEMS)
+        DueList::with_limit(memory_items())
     }
 }
 

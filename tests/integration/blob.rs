@@ -143,6 +143,85 @@ async fn blob_prefix_age_boundary_holds_and_cap() {
     );
 }
 
+/// A selection larger than `RETENTIOND_DUE_IN_MEMORY` goes through a
+/// temporary file: the same objects go, counted the same; and when no
+/// temporary file can be made, the rule fails before anything is deleted.
+#[tokio::test]
+async fn blob_a_selection_past_memory_goes_through_a_temporary_file() {
+    let env = Env::new().await;
+    let root = env.dir.path().join("scratch");
+    let mut idle = Vec::new();
+    for ws in 0..8 {
+        let active = ws % 3 == 0;
+        for f in 0..(ws + 2) {
+            let key = format!("workspaces/w{ws}/f{f:02}");
+            file(&root, &key, "x", "3 hours ago");
+            if !active {
+                idle.push(key);
+            }
+        }
+        if active {
+            file(
+                &root,
+                &format!("workspaces/w{ws}/new"),
+                "n",
+                "10 minutes ago",
+            );
+        }
+    }
+    let cfg = fs_config(
+        &env,
+        &root,
+        "[[rules]]\nname = \"idle\"\nstore = \"scratch\"\nprefix = \"workspaces/\"\ngroup_by_prefix_depth = 2\nkeep = \"1h\"\naction = \"delete\"\nmax_fraction = 1.0\nbatch_size = 4\n",
+    );
+    let tmp = env.dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let nowhere = env.dir.path().join("no-such-dir");
+    let refused = json_cmd_with(
+        "run",
+        &cfg,
+        &[],
+        &[
+            ("RETENTIOND_DUE_IN_MEMORY", "3"),
+            ("TMPDIR", nowhere.to_str().unwrap()),
+        ],
+    );
+    assert_ne!(refused.code, 0, "{refused}");
+    let r = refused.rule("idle");
+    assert_eq!(r["outcome"], "failed", "{refused}");
+    assert!(
+        r["reason"].as_str().unwrap_or("").contains("TMPDIR"),
+        "the error says what to set: {refused}"
+    );
+    for key in &idle {
+        assert!(root.join(key).exists(), "nothing deleted: {key}");
+    }
+    let run = json_cmd_with(
+        "run",
+        &cfg,
+        &[],
+        &[
+            ("RETENTIOND_DUE_IN_MEMORY", "3"),
+            ("TMPDIR", tmp.to_str().unwrap()),
+        ],
+    );
+    assert_eq!(run.code, 0, "{run}");
+    let r = run.rule("idle");
+    assert_eq!(r["affected"].as_i64(), Some(idle.len() as i64), "{run}");
+    for key in &idle {
+        assert!(!root.join(key).exists(), "{key} went");
+    }
+    for ws in [0, 3, 6] {
+        assert!(root.join(format!("workspaces/w{ws}/f00")).exists());
+        assert!(root.join(format!("workspaces/w{ws}/new")).exists());
+    }
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the temporary file has no name to leave behind"
+    );
+}
+
 #[test]
 fn blob_check_rejects_metadata_on_files() {
     let dir = tempfile::tempdir().unwrap();

@@ -123,6 +123,28 @@ async fn list(store: &dyn BlobStore, prefix: &str) -> Result<Vec<BlobMeta>, Stor
     Ok(items)
 }
 
+/// The keys `store` lists under `prefix`, in the order it lists them.
+async fn listed_order(fx: &impl Fixture, prefix: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut listing = fx.store().list(prefix);
+    while let Some(item) = listing.next().await {
+        match item {
+            Ok(meta) => keys.push(meta.key),
+            Err(e) => panic!("{}: list {prefix:?}: {e}", fx.name()),
+        }
+    }
+    keys
+}
+
+/// Selection decides a key (or a group) once the listing has passed it,
+/// so every store lists in bytewise key order, a key's versions, markers
+/// and uploads together.
+fn assert_key_order(fx: &impl Fixture, keys: &[String]) {
+    let mut sorted = keys.to_vec();
+    sorted.sort();
+    assert_eq!(keys, sorted, "{}: listed out of key order", fx.name());
+}
+
 async fn listed(fx: &impl Fixture, prefix: &str) -> Vec<BlobMeta> {
     list(fx.store(), prefix)
         .await
@@ -301,6 +323,40 @@ async fn list_small_pages(fx: &impl Fixture) {
         fx.proxied()
     );
     assert_eq!(raws(&items), raw, "{}: every item once", fx.name());
+    assert_key_order(fx, &listed_order(fx, "s/").await);
+}
+
+/// Keys whose order differs from a path walk's (`a.txt` < `a/x` < `a0`),
+/// with versions, a delete marker and uploads among them.
+async fn list_in_key_order(fx: &impl Fixture) {
+    let keys = [
+        "o/b", "o/a0", "o/a/x", "o/a.txt", "o/a/y/z", "o/a-b/c", "o/A", "o/a/x0",
+    ];
+    for key in keys {
+        fx.put(key, key.as_bytes()).await.expect("put");
+    }
+    if fx.lacks(Feature::Versions).is_none() {
+        fx.add_version("o/a/x", b"again").await;
+        fx.add_version("o/a0", b"again").await;
+    }
+    if fx.name() == "s3" {
+        fx.delete_marker("o/a.txt").await;
+    }
+    if fx.lacks(Feature::Uploads).is_none() {
+        for key in ["o/a/x", "o/0-half", "o/zz-half"] {
+            fx.start_upload(key).await;
+        }
+    }
+    let listed = listed_order(fx, "o/").await;
+    assert_key_order(fx, &listed);
+    let mut distinct = listed.clone();
+    distinct.dedup();
+    let mut expected: Vec<&str> = keys.to_vec();
+    if fx.lacks(Feature::Uploads).is_none() {
+        expected.extend(["o/0-half", "o/zz-half"]);
+    }
+    expected.sort();
+    assert_eq!(distinct, expected, "{}: every key, in order", fx.name());
 }
 
 /// One result per item, in order; already gone is success; a re-delete too.
@@ -1680,6 +1736,13 @@ const PLAIN: Needs = Needs {
 };
 
 conformance!(list_by_prefix, PLAIN);
+conformance!(
+    list_in_key_order,
+    Needs {
+        versioned: true,
+        ..PLAIN
+    }
+);
 conformance!(list_past_1000_keys, PLAIN);
 conformance!(
     list_small_pages,
