@@ -442,6 +442,11 @@ impl Runner<'_> {
                 report.batches = done.batches;
                 report.outcome = done.outcome;
                 report.reason = done.reason;
+                note_shortfall(
+                    rule,
+                    &mut report,
+                    if link.is_some() { done.kept } else { 0 },
+                );
                 if !done.durable {
                     // Its counts may include batches a server crash undid:
                     // leave the run open; the next run of the rule records
@@ -502,6 +507,38 @@ impl Runner<'_> {
         );
         report
     }
+}
+
+/// Says so when a run that ended `ok` changed fewer rows than its count
+/// found due, with none kept for a reason it names (refused by a key,
+/// conflicts, unparsable values, objects that could not go: `kept`).
+/// Others deleting or changing rows since the count explain it; so would
+/// a walk that missed pages, which no other check sees.
+fn note_shortfall(rule: &Rule, report: &mut RuleReport, kept: i64) {
+    if report.outcome != Outcome::Ok {
+        return;
+    }
+    let explained = report.affected.unwrap_or(0)
+        + report.skipped.values().sum::<i64>()
+        + report.conflicts.unwrap_or(0)
+        + report.unparsable.unwrap_or(0)
+        + kept;
+    let short = report.matched - explained;
+    if short <= 0 {
+        return;
+    }
+    tracing::warn!(
+        rule = %rule.name,
+        matched = report.matched,
+        affected = report.affected.unwrap_or(0),
+        short,
+        "Changed fewer rows than were counted due, none kept for a known reason."
+    );
+    report.notes.push(format!(
+        "{short} of the {} row(s) counted due were not changed and not kept for a known reason: \
+         changed or deleted by others since the count, or missed; a rerun takes what is still due",
+        report.matched
+    ));
 }
 
 /// Refreshes the planner's statistics of the tables a run changed by more
