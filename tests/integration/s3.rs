@@ -830,3 +830,54 @@ async fn s3_row_linked_objects_lose_their_null_version_too() {
         "a rerun changes nothing"
     );
 }
+
+/// A key with more versions than a delete call carries spans calls, and a
+/// selection past `RETENTIOND_DUE_IN_MEMORY` goes through a temporary
+/// file: every version goes, and each key is counted once, when its last
+/// version did.
+#[tokio::test]
+async fn s3_keys_spanning_delete_calls_through_a_temporary_file_are_counted_once() {
+    let env = Env::new().await;
+    let moto = Emulator::moto();
+    let s3 = s3_client(&moto);
+    bucket(&s3, "logs", true, false).await;
+    moto.clock("-2h");
+    for k in 0..12 {
+        for v in 0..3 {
+            put(&s3, "logs", &format!("l/{k:02}"), &format!("v{v}")).await;
+        }
+    }
+    for k in [0, 5, 11] {
+        delete(&s3, "logs", &format!("l/{k:02}")).await;
+    }
+    put(&s3, "logs", "l/single", "1").await;
+    put(&s3, "logs", "other", "stays").await;
+    moto.clock("+0");
+    let tmp = env.dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let cfg = env.config(&format!(
+        "{}[[rules]]\nname = \"logs\"\nstore = \"logs\"\nprefix = \"l/\"\nkeep = \"1h\"\naction = \"delete\"\nmax_fraction = 1.0\nbatch_size = 2\n",
+        s3_store(&moto, "logs", "logs", "")
+    ));
+    let mut envs = AWS_ENV.to_vec();
+    envs.push(("RETENTIOND_DUE_IN_MEMORY", "4"));
+    envs.push(("TMPDIR", tmp.to_str().unwrap()));
+    let ran = json_cmd_with("run", &cfg, &[], &envs);
+    assert_eq!(ran.code, 0, "{ran}");
+    let r = ran.rule("logs");
+    // 13 keys; 36 + 1 versions and 3 markers.
+    assert_eq!(
+        (
+            r["matched"].as_i64(),
+            r["affected"].as_i64(),
+            r["versions"].as_i64()
+        ),
+        (Some(13), Some(13), Some(40)),
+        "{ran}"
+    );
+    assert_eq!(versions(&s3, "logs").await, ["other v*"]);
+    let records = chain::assert_valid(&env.db.pool, &load_public(&env.public_key).unwrap()).await;
+    let outcome = chain::of(&records, "run_outcome", "logs")[0];
+    assert_eq!(outcome["counts"]["affected"], 13);
+    assert_eq!(outcome["counts"]["versions"], 40);
+}
