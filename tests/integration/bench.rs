@@ -1,6 +1,7 @@
 //! The benchmark suite's smoke run: `scripts/bench --quick` (20,000 rows,
-//! 300 objects, 2,000 audit records) with this build's binary, so the suite
-//! keeps working although `.ci/run` never runs it at full size. It starts its
+//! 300 objects, 2,000 audit records, 3,000 files, 400 versions) with this
+//! build's binary, so the suite keeps working although `.ci/run` never runs
+//! it at full size. It starts its
 //! own PostgreSQL cluster (from `PG_BIN`) and emulators (`RETENTIOND_MOTO`,
 //! `RETENTIOND_AZURITE`); `scripts/test` installs pg_partman and rclone.
 
@@ -19,6 +20,8 @@ const TABLES: &[&str] = &[
     "### Blob store: filesystem",
     "### Blob store: S3",
     "### Blob store: Azure Blob",
+    "### Bounded memory: filesystem",
+    "### Bounded memory: S3",
     "### Audit records",
 ];
 
