@@ -126,6 +126,8 @@ impl Executed {
             conflicts: self.conflicts,
             conflicts_deleted: self.conflicts_deleted,
             partitions_dropped: self.partitions_dropped.clone(),
+            // Versions are a blob rule's count.
+            versions: 0,
         }
     }
 

@@ -8,7 +8,7 @@ use crate::config::Rule;
 use crate::plan::blob::Selection;
 use crate::plan::Outcome;
 use crate::store::blob::{confirm_gone, BlobRef, BlobStore, StoreError};
-use crate::store::postgres::progress::{self, Totals};
+use crate::store::postgres::progress::{self, InFlight, Totals};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use std::collections::BTreeMap;
 
@@ -94,6 +94,8 @@ pub async fn execute(
         }
     };
     let mut key = KeyDone::default();
+    // A row per call in flight holds its items until its result is counted.
+    let mut free_slots: Vec<u32> = (1..=store.parallelism().max(1) as u32).rev().collect();
     let mut errors = 0usize;
     let mut first_error = None;
     // Up to `parallelism` delete calls in flight; before each new one, the
@@ -126,12 +128,25 @@ pub async fn execute(
                     break;
                 }
             };
+            let slot = free_slots.pop().unwrap_or(0);
+            if let Some((pool, run_id)) = durable {
+                let items: Vec<InFlight> = chunk.items.iter().map(in_flight_item).collect();
+                if let Err(e) = progress::in_flight(pool, run_id, &rule.name, slot, &items).await {
+                    // Unrecorded, a kill during the call would lose its
+                    // count: the call is not made.
+                    done.outcome = Outcome::Failed;
+                    done.reason = Some(format!(
+                        "could not record the next delete call before making it (the audit database): {e}"
+                    ));
+                    break;
+                }
+            }
             in_flight.push_back(async move {
                 let results = store.delete(&chunk.items).await;
-                (chunk, results)
+                (chunk, results, slot)
             });
         }
-        let Some((chunk, results)) = in_flight.next().await else {
+        let Some((chunk, results, slot)) = in_flight.next().await else {
             break;
         };
         done.batches += 1;
@@ -172,16 +187,14 @@ pub async fn execute(
                 batches: done.batches,
                 cascaded: BTreeMap::new(),
                 skipped: done.skipped.clone(),
+                versions: done.versions,
                 ..Totals::default()
             };
-            let written = match pool.acquire().await {
-                Ok(mut conn) => progress::record(&mut conn, run_id, &rule.name, &totals).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = written {
-                tracing::warn!(rule = %rule.name, error = %e, "Could not record the run's progress; if this run dies, its abandoned record will undercount.");
+            if let Err(e) = progress::settle_call(pool, run_id, &rule.name, &totals, slot).await {
+                tracing::warn!(rule = %rule.name, error = %e, "Could not record the run's progress; if this run dies, its abandoned record counts this call from the store.");
             }
         }
+        free_slots.push(slot);
         progress.batch_done(&rule.name, done.objects, matched);
     }
     key.settle(&mut done);
@@ -193,6 +206,74 @@ pub async fn execute(
         ));
     }
     done
+}
+
+fn in_flight_item(item: &BlobRef) -> InFlight {
+    InFlight {
+        key: item.key.clone(),
+        version: item.version.clone(),
+        size: item.size,
+        pending: item.pending,
+    }
+}
+
+/// What the calls a killed run had in flight removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Keys whose items in flight are all gone (one object at least).
+    pub objects: i64,
+    /// Versions and markers gone.
+    pub versions: i64,
+    /// Their bytes.
+    pub bytes: i64,
+    /// Calls that removed something.
+    pub batches: i64,
+    /// Items the store still shows, or could not say about.
+    pub unconfirmed: i64,
+}
+
+/// Asks `store` which items of the `calls` a killed run had in flight are
+/// gone, and counts them as that run's: no later run will see them. An
+/// item the store cannot be asked about is not counted.
+pub async fn recover_in_flight(store: &dyn BlobStore, calls: &[Vec<InFlight>]) -> Recovered {
+    let mut r = Recovered::default();
+    for call in calls {
+        let refs: Vec<BlobRef> = call
+            .iter()
+            .map(|i| BlobRef {
+                key: i.key.clone(),
+                version: i.version.clone(),
+                size: i.size,
+                listed_modified: chrono::DateTime::<chrono::Utc>::MIN_UTC,
+                pending: i.pending,
+            })
+            .collect();
+        let gone = confirm_gone(store, &refs.iter().collect::<Vec<_>>()).await;
+        let mut any = false;
+        let mut keys: BTreeMap<&str, (bool, bool)> = BTreeMap::new();
+        for (item, gone) in refs.iter().zip(gone) {
+            let k = keys.entry(&item.key).or_insert((true, false));
+            k.0 &= gone;
+            if !gone {
+                r.unconfirmed += 1;
+                continue;
+            }
+            any = true;
+            k.1 |= !item.pending;
+            r.bytes = r
+                .bytes
+                .saturating_add(i64::try_from(item.size).unwrap_or(i64::MAX));
+            if item.version.is_some() && !item.pending {
+                r.versions += 1;
+            }
+        }
+        r.objects += keys
+            .values()
+            .filter(|(all, object)| *all && *object)
+            .count() as i64;
+        r.batches += i64::from(any);
+    }
+    r
 }
 
 /// Items whose delete failed for a reason that leaves doubt (a network or

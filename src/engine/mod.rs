@@ -254,7 +254,24 @@ impl Runner<'_> {
                     host()
                 ),
             };
-            let t = found.map(|p| p.totals).unwrap_or_default();
+            let (mut t, in_flight) = found.map(|p| (p.totals, p.in_flight)).unwrap_or_default();
+            if !in_flight.is_empty() {
+                // Delete calls it had sent: what they removed is counted
+                // here, since no later run will list it.
+                let Some(store) = self.stores.blob(&rule.store) else {
+                    tracing::warn!(rule = %rule.name, run_id = %run_id, "An abandoned run had delete calls in flight, but its store is not open; will retry.");
+                    continue;
+                };
+                let r = blob::recover_in_flight(store, &in_flight).await;
+                if r.unconfirmed > 0 {
+                    tracing::info!(rule = %rule.name, run_id = %run_id, unconfirmed = r.unconfirmed, "Items of an abandoned run's last delete calls are still there (or could not be listed); this run selects them again.");
+                }
+                t.affected += r.objects;
+                t.objects += r.objects;
+                t.bytes = t.bytes.saturating_add(r.bytes);
+                t.batches += r.batches;
+                t.versions += r.versions;
+            }
             let conflicts =
                 (rule.action_name() == "mask").then_some(t.conflicts + t.conflicts_deleted);
             let conflicts_deleted = (t.conflicts_deleted > 0).then_some(t.conflicts_deleted);
@@ -272,6 +289,7 @@ impl Runner<'_> {
                     conflicts_deleted,
                     partitions_dropped: t.partitions_dropped,
                     objects: with_objects.then_some(t.objects),
+                    versions: rule.is_blob().then_some(t.versions),
                     bytes: with_objects.then(|| u64::try_from(t.bytes).unwrap_or(0).min(1 << 53)),
                     ..Counts::default()
                 },
@@ -667,6 +685,7 @@ fn totals_of(report: &RuleReport) -> Totals {
         conflicts: report.conflicts.unwrap_or(0) - report.conflicts_deleted.unwrap_or(0),
         conflicts_deleted: report.conflicts_deleted.unwrap_or(0),
         partitions_dropped: report.partitions_dropped.clone(),
+        versions: report.versions.unwrap_or(0),
     }
 }
 

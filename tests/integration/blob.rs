@@ -419,3 +419,76 @@ async fn blob_directory_links_below_the_root_are_never_crossed() {
         "outside the rule's prefix"
     );
 }
+
+/// SIGKILL at several points of runs deleting files, then a run to the
+/// end: every file removed is counted once across the abandoned records
+/// and the last run. A delete call cannot share a transaction with its
+/// count, so its items are recorded before it is made and the next run
+/// counts those the store no longer has.
+#[tokio::test]
+async fn blob_killed_runs_count_every_file_removed() {
+    let env = Env::new().await;
+    let root = env.dir.path().join("scratch");
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 3600);
+    let files = 20_000;
+    for i in 0..files {
+        let dir = root.join(format!("logs/{:02}", i / 1000));
+        if i % 1000 == 0 {
+            std::fs::create_dir_all(&dir).unwrap();
+        }
+        let f = std::fs::File::create(dir.join(format!("{i:05}"))).unwrap();
+        f.set_modified(old).unwrap();
+    }
+    let cfg = fs_config(
+        &env,
+        &root,
+        "[[rules]]\nname = \"logs\"\nstore = \"scratch\"\nprefix = \"logs/\"\nkeep = \"1h\"\naction = \"delete\"\nmax_fraction = 1.0\nbatch_size = 500\n",
+    );
+    let left = || {
+        (0..20)
+            .map(|d| {
+                std::fs::read_dir(root.join(format!("logs/{d:02}")))
+                    .map(|r| r.count())
+                    .unwrap_or(0)
+            })
+            .sum::<usize>()
+    };
+    for wait_ms in [400, 700, 1000, 1300] {
+        let mut child = spawn_run(&cfg);
+        let before = left();
+        // Kill once this run has removed something, or after `wait_ms`.
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_millis(wait_ms)
+            || (left() == before && started.elapsed() < std::time::Duration::from_secs(20))
+        {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+    }
+    let last = json_cmd("run", &cfg, &[]);
+    assert_eq!(last.code, 0, "{last}");
+    assert_eq!(left(), 0, "every file went");
+    let records = chain::assert_valid(&env.db.pool, &load_public(&env.public_key).unwrap()).await;
+    let outcomes = chain::of(&records, "run_outcome", "logs");
+    let counted: i64 = outcomes
+        .iter()
+        .map(|o| o["counts"]["affected"].as_i64().unwrap_or(0))
+        .sum();
+    let abandoned = outcomes
+        .iter()
+        .filter(|o| o["outcome"] == "abandoned")
+        .count();
+    assert!(abandoned >= 1, "a run was killed mid-way: {outcomes:?}");
+    assert_eq!(counted, files, "{outcomes:#?}");
+    assert_eq!(
+        env.db
+            .strings("SELECT count(*)::text FROM retentiond.run_progress")
+            .await,
+        ["0"],
+        "nothing left in flight"
+    );
+}

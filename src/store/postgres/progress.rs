@@ -6,6 +6,12 @@
 //! database after the store confirmed each delete call. When a run dies
 //! before its outcome record, the next run of the rule reads the row and
 //! records the dead run's exact counts (`engine::close_abandoned`).
+//!
+//! A blob delete call cannot share a transaction with its count, so its
+//! items are written first, in a row of their own ([`in_flight`]), and
+//! cleared in the transaction that counts its result ([`settle_call`]):
+//! the next run lists what a killed run left in flight and counts what is
+//! gone.
 
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
@@ -38,6 +44,25 @@ pub struct Totals {
     /// Partitions dropped whole, with their rows (counted in `affected`).
     #[serde(default)]
     pub partitions_dropped: BTreeMap<String, i64>,
+    /// Blob rules: versions and delete markers removed.
+    #[serde(default)]
+    pub versions: i64,
+}
+
+/// One item of a blob delete call sent but not yet counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    /// The key.
+    pub key: String,
+    /// The version, if one was addressed.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Size in bytes.
+    #[serde(default)]
+    pub size: u64,
+    /// An upload to abort.
+    #[serde(default)]
+    pub pending: bool,
 }
 
 /// A dead or unrecorded run's row.
@@ -45,6 +70,8 @@ pub struct Totals {
 pub struct Found {
     /// Its totals.
     pub totals: Totals,
+    /// Blob rules: the items of each delete call it had in flight.
+    pub in_flight: Vec<Vec<InFlight>>,
     /// Set when the run ended but its outcome record failed: the outcome
     /// it had, and the error.
     pub unwritten: Option<(String, String)>,
@@ -94,13 +121,14 @@ pub async fn record_part(
     sqlx::query(
         "INSERT INTO retentiond.run_progress AS p \
              (run_id, rule, affected, objects, bytes, batches, cascaded, skipped, conflicts, conflicts_deleted, \
-              partitions_dropped, part, updated) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, now()) \
+              partitions_dropped, part, versions, updated) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, now()) \
          ON CONFLICT (run_id, part) DO UPDATE SET affected = EXCLUDED.affected, objects = EXCLUDED.objects, \
              bytes = EXCLUDED.bytes, batches = EXCLUDED.batches, cascaded = EXCLUDED.cascaded, \
              skipped = EXCLUDED.skipped, conflicts = EXCLUDED.conflicts, \
              conflicts_deleted = EXCLUDED.conflicts_deleted, \
-             partitions_dropped = EXCLUDED.partitions_dropped, updated = now()",
+             partitions_dropped = EXCLUDED.partitions_dropped, versions = EXCLUDED.versions, \
+             updated = now()",
     )
     .bind(run_id)
     .bind(rule)
@@ -114,9 +142,58 @@ pub async fn record_part(
     .bind(t.conflicts_deleted)
     .bind(Json(&t.partitions_dropped))
     .bind(i32::try_from(part).unwrap_or(i32::MAX))
+    .bind(t.versions)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Notes `items`, the delete call about to be sent from `slot` (1, 2, ...),
+/// before it is: a kill during the call leaves them for the next run.
+pub async fn in_flight(
+    pool: &PgPool,
+    run_id: &str,
+    rule: &str,
+    slot: u32,
+    items: &[InFlight],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO retentiond.run_progress AS p (run_id, rule, part, in_flight, updated) \
+         VALUES ($1, $2, $3, $4, now()) \
+         ON CONFLICT (run_id, part) DO UPDATE SET in_flight = EXCLUDED.in_flight, updated = now()",
+    )
+    .bind(run_id)
+    .bind(rule)
+    .bind(i32::try_from(slot).unwrap_or(i32::MAX))
+    .bind(Json(items))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Sets the run's totals, now counting the call from `slot`, and clears
+/// that call's items, in one transaction: never both counted and left in
+/// flight, never neither.
+pub async fn settle_call(
+    pool: &PgPool,
+    run_id: &str,
+    rule: &str,
+    t: &Totals,
+    slot: u32,
+) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    record(&mut tx, run_id, rule, t).await?;
+    sqlx::query(
+        "UPDATE retentiond.run_progress SET in_flight = '[]', updated = now() \
+         WHERE run_id = $1 AND part = $2",
+    )
+    .bind(run_id)
+    .bind(i32::try_from(slot).unwrap_or(i32::MAX))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
 }
 
 /// The totals of `run_id` (the sum of its workers' rows), if the run wrote
@@ -124,7 +201,7 @@ pub async fn record_part(
 pub async fn read(pool: &PgPool, run_id: &str) -> Result<Option<Found>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT affected, objects, bytes, batches, cascaded, skipped, conflicts, conflicts_deleted, \
-                partitions_dropped, outcome, outcome_error \
+                partitions_dropped, outcome, outcome_error, in_flight, versions \
          FROM retentiond.run_progress WHERE run_id = $1 ORDER BY part",
     )
     .bind(run_id)
@@ -138,6 +215,7 @@ pub async fn read(pool: &PgPool, run_id: &str) -> Result<Option<Found>, sqlx::Er
             r.try_get("partitions_dropped")?;
         let outcome: Option<String> = r.try_get("outcome")?;
         let error: Option<String> = r.try_get("outcome_error")?;
+        let Json(in_flight): Json<Vec<InFlight>> = r.try_get("in_flight")?;
         let part = Totals {
             affected: r.try_get("affected")?,
             objects: r.try_get("objects")?,
@@ -148,12 +226,17 @@ pub async fn read(pool: &PgPool, run_id: &str) -> Result<Option<Found>, sqlx::Er
             conflicts: r.try_get("conflicts")?,
             conflicts_deleted: r.try_get("conflicts_deleted")?,
             partitions_dropped,
+            versions: r.try_get("versions")?,
         };
         let f = found.get_or_insert_with(|| Found {
             totals: Totals::default(),
+            in_flight: Vec::new(),
             unwritten: None,
         });
         f.totals.add(part);
+        if !in_flight.is_empty() {
+            f.in_flight.push(in_flight);
+        }
         if let Some(o) = outcome {
             f.unwritten = Some((o, error.unwrap_or_default()));
         }
@@ -170,6 +253,7 @@ impl Totals {
         self.batches += o.batches;
         self.conflicts += o.conflicts;
         self.conflicts_deleted += o.conflicts_deleted;
+        self.versions += o.versions;
         for (into, from) in [
             (&mut self.cascaded, o.cascaded),
             (&mut self.skipped, o.skipped),
