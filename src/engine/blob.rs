@@ -96,6 +96,7 @@ pub async fn execute(
     let mut key = KeyDone::default();
     // A row per call in flight holds its items until its result is counted.
     let mut free_slots: Vec<u32> = (1..=store.parallelism().max(1) as u32).rev().collect();
+    let mut stale_slots: Vec<u32> = Vec::new();
     let mut errors = 0usize;
     let mut first_error = None;
     // Up to `parallelism` delete calls in flight; before each new one, the
@@ -178,8 +179,8 @@ pub async fn execute(
             key.settle(&mut done);
         }
         if let Some((pool, run_id)) = durable {
-            // After the store confirmed: a kill between its answer and this
-            // write loses at most this call's count.
+            // After the store answered: a kill before this write leaves the
+            // call's items in flight, for the next run to count.
             let totals = Totals {
                 affected: done.objects,
                 objects: done.objects,
@@ -190,11 +191,27 @@ pub async fn execute(
                 versions: done.versions,
                 ..Totals::default()
             };
-            if let Err(e) = progress::settle_call(pool, run_id, &rule.name, &totals, slot).await {
-                tracing::warn!(rule = %rule.name, error = %e, "Could not record the run's progress; if this run dies, its abandoned record counts this call from the store.");
+            // A call whose count could not be written keeps its items in
+            // flight (its slot is not reused) until a later write clears
+            // them with the totals that count it.
+            let mut clear = std::mem::take(&mut stale_slots);
+            clear.push(slot);
+            match progress::settle_call(pool, run_id, &rule.name, &totals, &clear).await {
+                Ok(()) => free_slots.extend(clear),
+                Err(e) => {
+                    tracing::warn!(rule = %rule.name, error = %e, "Could not record the run's progress; stopping after the calls in flight.");
+                    stale_slots = clear;
+                    if done.outcome == Outcome::Ok {
+                        done.outcome = Outcome::Failed;
+                        done.reason = Some(format!(
+                            "could not record the run's progress in the audit database ({e}); stopped so that its counts stay exact"
+                        ));
+                    }
+                }
             }
+        } else {
+            free_slots.push(slot);
         }
-        free_slots.push(slot);
         progress.batch_done(&rule.name, done.objects, matched);
     }
     key.settle(&mut done);

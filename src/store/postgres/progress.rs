@@ -171,26 +171,30 @@ pub async fn in_flight(
     Ok(())
 }
 
-/// Sets the run's totals, now counting the call from `slot`, and clears
-/// that call's items, in one transaction: never both counted and left in
+/// Sets the run's totals, now counting the calls from `slots`, and clears
+/// those calls' items, in one transaction: never both counted and left in
 /// flight, never neither.
 pub async fn settle_call(
     pool: &PgPool,
     run_id: &str,
     rule: &str,
     t: &Totals,
-    slot: u32,
+    slots: &[u32],
 ) -> Result<(), sqlx::Error> {
     use sqlx::Connection;
+    let parts: Vec<i32> = slots
+        .iter()
+        .map(|s| i32::try_from(*s).unwrap_or(i32::MAX))
+        .collect();
     let mut conn = pool.acquire().await?;
     let mut tx = conn.begin().await?;
     record(&mut tx, run_id, rule, t).await?;
     sqlx::query(
         "UPDATE retentiond.run_progress SET in_flight = '[]', updated = now() \
-         WHERE run_id = $1 AND part = $2",
+         WHERE run_id = $1 AND part = ANY($2)",
     )
     .bind(run_id)
-    .bind(i32::try_from(slot).unwrap_or(i32::MAX))
+    .bind(&parts)
     .execute(&mut *tx)
     .await?;
     tx.commit().await
