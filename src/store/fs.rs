@@ -156,7 +156,8 @@ impl FsStore {
                 .and_then(|mut dirs| dirs.pop())
         };
         if let Some(dir) = start {
-            walk.stack.push(Frame::read(self, dir, base.to_string())?);
+            walk.stack
+                .push(Frame::read(self, dir, base.to_string(), prefix)?);
         }
         Ok(walk)
     }
@@ -247,7 +248,10 @@ impl Frame {
     /// Reads `dir` (whose key is `key`), its entries sorted as their keys
     /// sort: a directory's name with its `/`, since every key below it
     /// starts so (`a.txt` < `a/x` < `a0`).
-    fn read(store: &FsStore, dir: Dir, key: String) -> Result<Frame, StoreError> {
+    /// Only names under `prefix`, or directories on the way to it, are
+    /// kept: listing one key (to confirm a delete) reads its directory but
+    /// looks at no other entry.
+    fn read(store: &FsStore, dir: Dir, key: String, prefix: &str) -> Result<Frame, StoreError> {
         let mut names = String::new();
         let mut entries: Vec<(u32, u32, bool)> = Vec::new();
         for entry in dir.entries().map_err(|e| store.io_error(&key, e))? {
@@ -256,6 +260,9 @@ impl Frame {
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
+            if !relevant(&key, &name, prefix) {
+                continue;
+            }
             let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
             let (Ok(start), Ok(len)) = (u32::try_from(names.len()), u32::try_from(name.len()))
             else {
@@ -279,6 +286,20 @@ impl Frame {
             next: 0,
         })
     }
+}
+
+/// Whether `dir_key/name` is under `prefix`, or a directory on the way to
+/// it.
+fn relevant(dir_key: &str, name: &str, prefix: &str) -> bool {
+    let key = if dir_key.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir_key}/{name}")
+    };
+    key.starts_with(prefix)
+        || prefix
+            .strip_prefix(key.as_str())
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 impl Iterator for Walk<'_> {
@@ -313,20 +334,14 @@ impl Walk<'_> {
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
                 Err(e) => return Some(Err(self.store.io_error(&key, e))),
             };
+            // Frame::read kept only names under the prefix or on the way.
             if meta.is_dir() {
-                let prefix = &self.prefix;
-                let relevant = prefix.starts_with(&format!("{key}/"))
-                    || key.starts_with(prefix.as_str())
-                    || format!("{key}/").starts_with(prefix.as_str());
-                if !relevant {
-                    continue;
-                }
                 let sub = match open_sub(&frame.dir, name) {
                     Ok(Sub::Dir(sub)) => sub,
                     Ok(_) => continue,
                     Err(e) => return Some(Err(self.store.io_error(&key, e))),
                 };
-                match Frame::read(self.store, sub, key) {
+                match Frame::read(self.store, sub, key, &self.prefix) {
                     Ok(frame) => self.stack.push(frame),
                     Err(e) => return Some(Err(e)),
                 }
@@ -535,6 +550,22 @@ mod tests {
         };
         assert_eq!(skip_reason(&s.delete(&[stale]).await[0]), Some("modified"));
         assert!(root.join("other/c.txt").exists());
+    }
+
+    #[test]
+    fn only_names_under_the_prefix_or_on_the_way_are_read() {
+        assert!(relevant("", "logs", "logs/01/x"));
+        assert!(relevant("logs", "01", "logs/01/x"));
+        assert!(relevant("logs/01", "x", "logs/01/x"));
+        assert!(
+            relevant("logs/01", "x2", "logs/01/x"),
+            "a longer key is under it"
+        );
+        assert!(!relevant("logs/01", "y", "logs/01/x"));
+        assert!(!relevant("logs", "02", "logs/01/x"));
+        assert!(!relevant("", "logsx", "logs/"));
+        assert!(!relevant("", "log", "logs/"), "not a directory on the way");
+        assert!(relevant("", "anything", ""));
     }
 
     #[tokio::test]
