@@ -8,7 +8,7 @@ use crate::config::Rule;
 use crate::plan::blob::Selection;
 use crate::plan::Outcome;
 use crate::store::blob::{confirm_gone, BlobRef, BlobStore, StoreError};
-use crate::store::postgres::progress::{self, InFlight, Totals};
+use crate::store::postgres::progress::{self, Totals};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use std::collections::BTreeMap;
 
@@ -40,8 +40,33 @@ struct KeyDone {
     failed: bool,
 }
 
+impl Deleted {
+    /// Nothing deleted yet, `ok` so far.
+    fn new() -> Deleted {
+        Deleted {
+            skipped: BTreeMap::new(),
+            objects: 0,
+            versions: 0,
+            bytes: 0,
+            batches: 0,
+            outcome: Outcome::Ok,
+            reason: None,
+        }
+    }
+
+    /// Nothing deleted, because of `reason`.
+    pub fn failed(reason: String) -> Deleted {
+        Deleted {
+            outcome: Outcome::Failed,
+            reason: Some(reason),
+            ..Deleted::new()
+        }
+    }
+}
+
 impl KeyDone {
-    /// Accounts for one item's result; a new key first settles the last.
+    /// Accounts for one item's result (its bytes and version when it
+    /// went); a new key first settles the last.
     fn add(&mut self, done: &mut Deleted, item: &BlobRef, ok: bool) {
         if item.key != self.key {
             self.settle(done);
@@ -51,6 +76,12 @@ impl KeyDone {
         // be aborted still fails its key.
         self.gone |= ok && !item.pending;
         self.failed |= !ok;
+        if ok {
+            done.bytes += item.size;
+            if item.version.is_some() && !item.pending {
+                done.versions += 1;
+            }
+        }
     }
 
     fn settle(&mut self, done: &mut Deleted) {
@@ -72,15 +103,7 @@ pub async fn execute(
     progress: &(dyn Progress + Sync),
     durable: Option<(&sqlx::PgPool, &str)>,
 ) -> Deleted {
-    let mut done = Deleted {
-        skipped: BTreeMap::new(),
-        objects: 0,
-        versions: 0,
-        bytes: 0,
-        batches: 0,
-        outcome: Outcome::Ok,
-        reason: None,
-    };
+    let mut done = Deleted::new();
     let per_batch = (rule.settings.batch_size as usize)
         .min(store.batch_limit())
         .max(1);
@@ -131,8 +154,9 @@ pub async fn execute(
             };
             let slot = free_slots.pop().unwrap_or(0);
             if let Some((pool, run_id)) = durable {
-                let items: Vec<InFlight> = chunk.items.iter().map(in_flight_item).collect();
-                if let Err(e) = progress::in_flight(pool, run_id, &rule.name, slot, &items).await {
+                if let Err(e) =
+                    progress::in_flight(pool, run_id, &rule.name, slot, &chunk.items).await
+                {
                     // Unrecorded, a kill during the call would lose its
                     // count: the call is not made.
                     done.outcome = Outcome::Failed;
@@ -154,13 +178,7 @@ pub async fn execute(
         let results = confirm_uncertain(store, rule, &chunk.items, results).await;
         for (item, result) in chunk.items.iter().zip(results) {
             match result {
-                Ok(()) => {
-                    key.add(&mut done, item, true);
-                    done.bytes += item.size;
-                    if item.version.is_some() && !item.pending {
-                        done.versions += 1;
-                    }
-                }
+                Ok(()) => key.add(&mut done, item, true),
                 Err(StoreError::Skipped { reason, detail }) => {
                     tracing::warn!(rule = %rule.name, %detail, "Kept an object that cannot be touched safely.");
                     *done.skipped.entry(reason.to_string()).or_default() += 1;
@@ -225,72 +243,29 @@ pub async fn execute(
     done
 }
 
-fn in_flight_item(item: &BlobRef) -> InFlight {
-    InFlight {
-        key: item.key.clone(),
-        version: item.version.clone(),
-        size: item.size,
-        pending: item.pending,
-    }
-}
-
-/// What the calls a killed run had in flight removed.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Recovered {
-    /// Keys whose items in flight are all gone (one object at least).
-    pub objects: i64,
-    /// Versions and markers gone.
-    pub versions: i64,
-    /// Their bytes.
-    pub bytes: i64,
-    /// Calls that removed something.
-    pub batches: i64,
-    /// Items the store still shows, or could not say about.
-    pub unconfirmed: i64,
-}
-
 /// Asks `store` which items of the `calls` a killed run had in flight are
-/// gone, and counts them as that run's: no later run will see them. An
-/// item the store cannot be asked about is not counted.
-pub async fn recover_in_flight(store: &dyn BlobStore, calls: &[Vec<InFlight>]) -> Recovered {
-    let mut r = Recovered::default();
+/// gone, and counts them as that run's (no later run will see them), as
+/// the run itself would have: a key when all its items in flight went.
+/// Returns the counts and how many items the store still shows or could
+/// not say about (not counted).
+pub async fn recover_in_flight(store: &dyn BlobStore, calls: &[Vec<BlobRef>]) -> (Deleted, usize) {
+    let mut done = Deleted::new();
+    let mut unconfirmed = 0;
+    let mut items: Vec<(&BlobRef, bool)> = Vec::new();
     for call in calls {
-        let refs: Vec<BlobRef> = call
-            .iter()
-            .map(|i| BlobRef {
-                key: i.key.clone(),
-                version: i.version.clone(),
-                size: i.size,
-                listed_modified: chrono::DateTime::<chrono::Utc>::MIN_UTC,
-                pending: i.pending,
-            })
-            .collect();
-        let gone = confirm_gone(store, &refs.iter().collect::<Vec<_>>()).await;
-        let mut any = false;
-        let mut keys: BTreeMap<&str, (bool, bool)> = BTreeMap::new();
-        for (item, gone) in refs.iter().zip(gone) {
-            let k = keys.entry(&item.key).or_insert((true, false));
-            k.0 &= gone;
-            if !gone {
-                r.unconfirmed += 1;
-                continue;
-            }
-            any = true;
-            k.1 |= !item.pending;
-            r.bytes = r
-                .bytes
-                .saturating_add(i64::try_from(item.size).unwrap_or(i64::MAX));
-            if item.version.is_some() && !item.pending {
-                r.versions += 1;
-            }
-        }
-        r.objects += keys
-            .values()
-            .filter(|(all, object)| *all && *object)
-            .count() as i64;
-        r.batches += i64::from(any);
+        let gone = confirm_gone(store, &call.iter().collect::<Vec<_>>()).await;
+        done.batches += i64::from(gone.iter().any(|g| *g));
+        unconfirmed += gone.iter().filter(|g| !**g).count();
+        items.extend(call.iter().zip(gone));
     }
-    r
+    // A key longer than a call spans two: its items together.
+    items.sort_by(|a, b| a.0.key.cmp(&b.0.key));
+    let mut key = KeyDone::default();
+    for (item, gone) in items {
+        key.add(&mut done, item, gone);
+    }
+    key.settle(&mut done);
+    (done, unconfirmed)
 }
 
 /// Items whose delete failed for a reason that leaves doubt (a network or
@@ -329,4 +304,35 @@ async fn confirm_uncertain(
         }
     }
     results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fs::FsStore;
+
+    fn item(key: &str) -> BlobRef {
+        BlobRef {
+            key: key.into(),
+            version: None,
+            size: 3,
+            listed_modified: chrono::Utc::now(),
+            pending: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn recovery_counts_what_is_gone_and_a_key_once_across_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kept"), "k").unwrap();
+        let store = FsStore::new("s", dir.path());
+        // `gone` was split over two calls; `kept` is still there.
+        let calls = vec![
+            vec![item("a-gone"), item("gone")],
+            vec![item("gone"), item("kept")],
+        ];
+        let (done, unconfirmed) = recover_in_flight(&store, &calls).await;
+        assert_eq!((done.objects, done.bytes, done.batches), (2, 9, 2));
+        assert_eq!(unconfirmed, 1);
+    }
 }

@@ -262,13 +262,15 @@ impl Runner<'_> {
                     tracing::warn!(rule = %rule.name, run_id = %run_id, "An abandoned run had delete calls in flight, but its store is not open; will retry.");
                     continue;
                 };
-                let r = blob::recover_in_flight(store, &in_flight).await;
-                if r.unconfirmed > 0 {
-                    tracing::info!(rule = %rule.name, run_id = %run_id, unconfirmed = r.unconfirmed, "Items of an abandoned run's last delete calls are still there (or could not be listed); this run selects them again.");
+                let (r, unconfirmed) = blob::recover_in_flight(store, &in_flight).await;
+                if unconfirmed > 0 {
+                    tracing::info!(rule = %rule.name, run_id = %run_id, unconfirmed, "Items of an abandoned run's last delete calls are still there (or could not be listed); this run selects them again.");
                 }
                 t.affected += r.objects;
                 t.objects += r.objects;
-                t.bytes = t.bytes.saturating_add(r.bytes);
+                t.bytes = t
+                    .bytes
+                    .saturating_add(i64::try_from(r.bytes).unwrap_or(i64::MAX));
                 t.batches += r.batches;
                 t.versions += r.versions;
             }
@@ -374,15 +376,7 @@ impl Runner<'_> {
                         )
                         .await
                     }
-                    None => blob::Deleted {
-                        skipped: Default::default(),
-                        objects: 0,
-                        versions: 0,
-                        bytes: 0,
-                        batches: 0,
-                        outcome: Outcome::Failed,
-                        reason: Some(format!("store `{}` is not open", rule.store)),
-                    },
+                    None => blob::Deleted::failed(format!("store `{}` is not open", rule.store)),
                 };
                 report.affected = Some(done.objects);
                 report.skipped = done.skipped;

@@ -37,8 +37,9 @@ pub struct BlobMeta {
     pub pending: bool,
 }
 
-/// One thing to delete: a key, or one version of it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// One thing to delete: a key, or one version of it. Serialized for the
+/// delete calls a run has in flight (`run_progress.in_flight`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct BlobRef {
     /// The key.
     pub key: String,

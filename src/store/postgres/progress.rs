@@ -13,6 +13,7 @@
 //! the next run lists what a killed run left in flight and counts what is
 //! gone.
 
+use crate::store::blob::BlobRef;
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool, Row};
@@ -49,29 +50,13 @@ pub struct Totals {
     pub versions: i64,
 }
 
-/// One item of a blob delete call sent but not yet counted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InFlight {
-    /// The key.
-    pub key: String,
-    /// The version, if one was addressed.
-    #[serde(default)]
-    pub version: Option<String>,
-    /// Size in bytes.
-    #[serde(default)]
-    pub size: u64,
-    /// An upload to abort.
-    #[serde(default)]
-    pub pending: bool,
-}
-
 /// A dead or unrecorded run's row.
 #[derive(Debug, Clone)]
 pub struct Found {
     /// Its totals.
     pub totals: Totals,
     /// Blob rules: the items of each delete call it had in flight.
-    pub in_flight: Vec<Vec<InFlight>>,
+    pub in_flight: Vec<Vec<BlobRef>>,
     /// Set when the run ended but its outcome record failed: the outcome
     /// it had, and the error.
     pub unwritten: Option<(String, String)>,
@@ -155,7 +140,7 @@ pub async fn in_flight(
     run_id: &str,
     rule: &str,
     slot: u32,
-    items: &[InFlight],
+    items: &[BlobRef],
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO retentiond.run_progress AS p (run_id, rule, part, in_flight, updated) \
@@ -219,7 +204,7 @@ pub async fn read(pool: &PgPool, run_id: &str) -> Result<Option<Found>, sqlx::Er
             r.try_get("partitions_dropped")?;
         let outcome: Option<String> = r.try_get("outcome")?;
         let error: Option<String> = r.try_get("outcome_error")?;
-        let Json(in_flight): Json<Vec<InFlight>> = r.try_get("in_flight")?;
+        let Json(in_flight): Json<Vec<BlobRef>> = r.try_get("in_flight")?;
         let part = Totals {
             affected: r.try_get("affected")?,
             objects: r.try_get("objects")?,
