@@ -248,6 +248,7 @@ impl Frame {
     /// Reads `dir` (whose key is `key`), its entries sorted as their keys
     /// sort: a directory's name with its `/`, since every key below it
     /// starts so (`a.txt` < `a/x` < `a0`).
+    ///
     /// Only names under `prefix`, or directories on the way to it, are
     /// kept: listing one key (to confirm a delete) reads its directory but
     /// looks at no other entry.
@@ -288,14 +289,19 @@ impl Frame {
     }
 }
 
-/// Whether `dir_key/name` is under `prefix`, or a directory on the way to
-/// it.
-fn relevant(dir_key: &str, name: &str, prefix: &str) -> bool {
-    let key = if dir_key.is_empty() {
+/// The key of `name` in the directory whose key is `dir_key`.
+fn join(dir_key: &str, name: &str) -> String {
+    if dir_key.is_empty() {
         name.to_string()
     } else {
         format!("{dir_key}/{name}")
-    };
+    }
+}
+
+/// Whether `dir_key/name` is under `prefix`, or a directory on the way to
+/// it.
+fn relevant(dir_key: &str, name: &str, prefix: &str) -> bool {
+    let key = join(dir_key, name);
     key.starts_with(prefix)
         || prefix
             .strip_prefix(key.as_str())
@@ -324,11 +330,7 @@ impl Walk<'_> {
             };
             frame.next += 1;
             let name = &frame.names[start as usize..(start + len) as usize];
-            let key = if frame.key.is_empty() {
-                name.to_string()
-            } else {
-                format!("{}/{name}", frame.key)
-            };
+            let key = join(&frame.key, name);
             let meta = match frame.dir.symlink_metadata(name) {
                 Ok(m) => m,
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
